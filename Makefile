@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine (README):
+#   make run    create .venv if missing, install, run the default (smoke) suite
+#   make test   same set-up, then the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.diffbench-installed
+ARGS ?=
+PYTEST_ARGS ?=
+
+# Offline copies of the pretrained metric networks (see ../shared/weights/README.md).
+ifneq ($(wildcard ../shared/weights),)
+export DIFFBENCH_WEIGHTS ?= $(abspath ../shared/weights)
+endif
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: run test install clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[text,diffusers,launchers]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m bench $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,143 @@
+"""The Hydra entry point: `python -m bench [overrides]` / `diffbench [overrides]`.
+
+compose config -> validate (bad keys/values fail here, naming the key) -> seed, device ->
+suite.run(session) -> results.csv/.parquet -> report.md + plots -> manifest status complete.
+A run that fails leaves manifest.json with status "failed" and no results files claiming
+completeness; rerunning with the same `hydra.run.dir` resumes from the stored samples.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from bench.config import Config, ConfigError, register_schema, validate
+
+log = logging.getLogger("bench")
+
+
+class UserError(Exception):
+    """Errors caused by input (config, data, weights, request): printed without a traceback."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from models.interface import RequestError
+    types: list[type[BaseException]] = [ConfigError, RequestError, UserError, FileNotFoundError]
+    for module, name in (("bench.data", "DataError"), ("bench.weights", "WeightsNotFoundError"),
+                         ("bench.store", "StoreMismatchError")):
+        try:
+            types.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+def multirun_params(overrides: list[str]) -> dict[str, object]:
+    """A multirun job's command-line overrides as sweep columns (`guidance_scale=2` ->
+    {"guidance_scale": 2.0}), so merged multirun reports keep the jobs apart. Group choices
+    (`pipeline=x`) and hydra.* keys are not sweep parameters of a row."""
+    from bench.results import CORE_COLUMNS, DETAILS_COLUMN
+    import yaml
+    params: dict[str, object] = {}
+    for item in overrides:
+        key, _, value = item.lstrip("+~").partition("=")
+        if key.startswith("hydra.") or key in CORE_COLUMNS or key == DETAILS_COLUMN or "." not in key \
+                and key in ("pipeline", "sampler", "data", "metrics", "suite", "hardware", "quiet"):
+            continue
+        params[key] = yaml.safe_load(value) if value else value
+    return params
+
+
+def run(cfg: Config, raw: DictConfig, run_dir: Path,
+        job_params: dict[str, object] | None = None) -> "pandas.DataFrame":  # noqa: F821
+    """Run the configured suite into run_dir. Importable for tests and notebooks."""
+    from bench.device import describe
+    from bench.manifest import file_sha256, write_manifest
+    from bench.results import write_results
+    from bench.session import Session
+    from models.registry import resolve_checkpoint
+    from reports.run_report import write_run_report
+    from suites import load_suite
+
+    world = _join_world(cfg)
+    run_dir = _same_run_dir(Path(run_dir), world)
+    run_id = f"{run_dir.parent.name}/{run_dir.name}" if run_dir.parent.name else run_dir.name
+    config = OmegaConf.to_container(raw, resolve=True)
+    torch.manual_seed(cfg.seed)
+    session = Session(cfg, run_dir, run_id, job_params, world)
+    manifest = dict(run_id=run_id, config=config, seed=cfg.seed,
+                    device={**describe(session.device), "world_size": world.size})
+    if not world.is_main:   # other ranks sample and measure their share; rank 0 writes
+        load_suite(cfg.suite.name).run(session)
+        return None
+    write_manifest(run_dir, status="running", **manifest)
+    try:
+        load_suite(cfg.suite.name).run(session)
+        frame = write_results(run_dir, session.rows)
+        write_run_report(run_dir, frame, quiet=cfg.quiet)
+    except BaseException as err:
+        write_manifest(run_dir, status="failed", error=f"{type(err).__name__}: {err}", **manifest)
+        raise
+    checkpoints = {}
+    for name, pipe in session._pipelines.items():
+        spec = session.pipeline_config(name)
+        path = resolve_checkpoint(spec.checkpoint)
+        weights_file = path / "model.safetensors" if path else None
+        checkpoints[name] = {"checkpoint": str(path) if path else None,
+                             "sha256": file_sha256(str(weights_file)) if weights_file and weights_file.exists() else None,
+                             "parameters": pipe.parameter_count()}
+    write_manifest(run_dir, status="complete", weights=session.weights_used, checkpoints=checkpoints,
+                   **manifest)
+    log.info("results in %s", run_dir)
+    return frame
+
+
+def _join_world(cfg: Config):
+    from bench.device import resolve_device
+    from bench.distributed import init_world
+    return init_world(resolve_device(cfg.hardware))
+
+
+def _same_run_dir(run_dir: Path, world) -> Path:
+    """Under torchrun every rank composes its own `${now:...}` run dir; all use rank 0's."""
+    if not world.distributed:
+        return run_dir
+    import torch.distributed as dist
+    shared = [str(run_dir)]
+    dist.broadcast_object_list(shared, src=0)
+    return Path(shared[0])
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def _hydra_main(raw: DictConfig) -> None:
+    user_errors = _user_error_types()
+    try:
+        cfg = validate(raw)
+        if cfg.quiet:
+            os.environ["DIFFBENCH_QUIET"] = "1"
+        hydra_cfg = HydraConfig.get()
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        job_params = multirun_params(list(hydra_cfg.overrides.task)) if multirun else {}
+        run(cfg, raw, Path(hydra_cfg.runtime.output_dir), job_params)
+    except user_errors as err:
+        if os.environ.get("DIFFBENCH_DEBUG"):
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    register_schema()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Bundled and user data behind one contract (`ImageSource` streaming `ImageBatch`es).
+
+`build_source(cfg, split)` picks the source named by `cfg.name`:
+  shapes  - procedurally rendered coloured shapes, labels and captions (`bench.data.shapes`)
+  natural - random crops of the photographs bundled in scikit-image / scikit-learn
+  folder  - a directory of image files (cfg.root), optional captions file (cfg.captions)
+  npz     - an ADM/EDM-style .npz of uint8 NHWC samples (cfg.root)
+`split` selects train/test/val for the generated sources; a folder or npz file is what it is.
+"""
+from __future__ import annotations
+
+from bench.data.base import ImageBatch, ImageSource, SourceDataset
+from bench.data.images import BadImageError, DataError
+
+__all__ = ["BadImageError", "DataError", "ImageBatch", "ImageSource", "SourceDataset", "build_source"]
+
+
+def build_source(cfg, split: str = "test") -> ImageSource:
+    """`bench.config.DataConfig` -> the configured ImageSource."""
+    if cfg.name == "shapes":
+        from bench.data.shapes import ShapesSource
+        return ShapesSource(cfg.resolution, cfg.n, cfg.seed, split)
+    if cfg.name == "natural":
+        from bench.data.natural import NaturalSource
+        return NaturalSource(cfg.resolution, cfg.n, cfg.seed, split)
+    if cfg.name in ("folder", "npz"):
+        if cfg.root is None:
+            raise DataError(f"data.name={cfg.name} needs data.root=PATH (a {'folder of images' if cfg.name == 'folder' else '.npz file'})")
+        if cfg.name == "folder":
+            from bench.data.folder import FolderSource
+            return FolderSource(cfg.root, cfg.resolution, cfg.n, cfg.captions, cfg.on_bad_file)
+        from bench.data.npz import NpzSource
+        return NpzSource(cfg.root, cfg.resolution, cfg.n)
+    raise DataError(f"data.name={cfg.name!r} is not a data source; choose one of ['shapes', 'natural', 'folder', 'npz']")

@@ -1,0 +1,144 @@
+"""`folder`: any directory of images, e.g. samples produced elsewhere or a reference set.
+
+Files: .png, .jpg/.jpeg, .webp, .bmp (any case), searched recursively; hidden files and
+folders (names starting with ".") are ignored, as is everything with another extension.
+Order: sorted by relative POSIX path, so item i is the same file on every machine. With
+`n`, the first n files in that order are used.
+
+Conversion (see `bench.data.images`): palette/LA/RGBA -> RGB with PIL `.convert("RGB")`
+(alpha dropped, as torch-fidelity and clean-fid do); grayscale L -> replicated to 3
+channels; 16-bit (I;16, I) -> 8 bit by `>> 8` (PIL's own conversion clips). Size: images at
+the resolution pass through bit-exact; any other is center-cropped to a square and resized
+with PIL bicubic (antialiased when downsampling).
+
+Unreadable files: with on_bad_file="error" the first one raises `BadImageError` naming it;
+with "skip" they are left out of the batches, listed in `source.skipped` and counted in a
+warning. `len(source)` counts the image files found, readable or not.
+
+Captions (optional): a .csv with columns `file` (path relative to the folder, or a bare
+file name when names are unique) and `caption`; or a .txt with one caption per line in the
+sorted file order (blank lines skipped; the count must equal the number of files).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.data.base import ImageSource
+from bench.data.images import DataError, decode_file
+from bench.data.prompts import load_prompts
+
+log = logging.getLogger(__name__)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+BAD_FILE_HINT = "Remove or replace the file, or set data.on_bad_file=skip to leave unreadable files out"
+
+
+def list_images(root: Path) -> list[str]:
+    """Relative POSIX paths of the image files under root, sorted."""
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(Path(folder, name).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def load_captions(path: Path, files: list[str], used: int | None = None) -> list[str]:
+    """Captions of files[:used], from a .csv (file,caption) or a .txt (one line per file of
+    `files`, in order)."""
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        lines = load_prompts(path)
+        if len(lines) != len(files):
+            raise DataError(f"captions file {path} has {len(lines)} non-blank lines but the folder has "
+                            f"{len(files)} images; give one caption per image, in sorted file order")
+        return lines[:used]
+    files = files[:used]
+    if suffix != ".csv":
+        raise DataError(f"captions file {path}: unsupported extension {path.suffix!r}; use .csv "
+                        "(columns file,caption) or .txt (one caption per line)")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if not {"file", "caption"} <= set(reader.fieldnames or []):
+            raise DataError(f"captions file {path} needs columns 'file' and 'caption'; found {reader.fieldnames}")
+        table = {row["file"].strip().replace("\\", "/"): row["caption"] or "" for row in reader}
+    basenames = [f.rsplit("/", 1)[-1] for f in files]
+    unique_basenames = len(set(basenames)) == len(basenames)
+    captions, missing = [], []
+    for rel, base in zip(files, basenames):
+        caption = table.get(rel, table.get(base) if unique_basenames else None)
+        if caption is None:
+            missing.append(rel)
+        captions.append((caption or "").strip())
+    if missing:
+        raise DataError(f"captions file {path} has no row for {len(missing)} image(s), e.g. {missing[:3]}; "
+                        "add rows (file = path relative to the data folder) or remove those images")
+    return captions
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class FolderSource(ImageSource):
+    name = "folder"
+
+    def __init__(self, root: str | Path, resolution: int, n: int | None = None,
+                 captions: str | Path | None = None, on_bad_file: str = "error") -> None:
+        super().__init__()
+        if on_bad_file not in ("error", "skip"):
+            raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
+        self.root = Path(root).expanduser()
+        if not self.root.exists():
+            raise FileNotFoundError(f"image folder {self.root} does not exist; set data.root to a folder of images")
+        if not self.root.is_dir():
+            raise DataError(f"data.root {self.root} is a file, not a folder; "
+                            "for an .npz of samples use data.name=npz")
+        files = list_images(self.root)
+        if not files:
+            raise DataError(f"image folder {self.root} contains no images ({', '.join(IMAGE_EXTENSIONS)}, "
+                            "searched recursively); check data.root")
+        if n is not None and n < len(files):
+            log.info("folder %s: using the first %d of %d images (data.n)", self.root, n, len(files))
+        self.files = files[:n]
+        self.captions_path = self._find_captions(captions) if captions else None
+        self.captions = load_captions(self.captions_path, files, len(self.files)) if self.captions_path else None
+        self.has_captions = self.captions is not None
+        self.resolution = resolution
+        self.skip_bad_files = on_bad_file == "skip"
+
+    def _find_captions(self, captions: str | Path) -> Path:
+        path = Path(captions).expanduser()
+        if not path.is_file() and not path.is_absolute() and (self.root / path).is_file():
+            path = self.root / path   # a relative captions path may be relative to the folder
+        if not path.is_file():
+            raise FileNotFoundError(f"captions file {captions} does not exist (looked in the working directory "
+                                    f"and in {self.root}); set data.captions or leave it null")
+        return path
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def path(self, index: int) -> Path:
+        return self.root / self.files[index]
+
+    def load_image(self, index: int) -> np.ndarray:
+        return decode_file(self.path(index), self.resolution, BAD_FILE_HINT)
+
+    def caption(self, index: int) -> str | None:
+        return self.captions[index] if self.captions is not None else None
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        listing = hashlib.sha256()
+        for rel in self.files:
+            stat = (self.root / rel).stat()
+            listing.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return {"files": listing.hexdigest(), "on_bad_file": "skip" if self.skip_bad_files else "error",
+                "captions": _file_sha256(self.captions_path) if self.captions_path else None}

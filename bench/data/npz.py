@@ -1,0 +1,162 @@
+"""`npz`: an ADM/EDM-style sample file: `arr_0` uint8 images NHWC (C = 3, or 1 replicated
+to 3), optional `arr_1` integer class labels (N,). The first `n` images are used.
+
+Streaming: `np.savez` stores members uncompressed, so the .npy inside the zip is a plain
+byte range of the file. We read its zip local header and .npy header and memory-map the
+image rows in place: nothing is loaded until a batch asks for it, and DataLoader workers
+each map the file themselves. A compressed file (`np.savez_compressed`) cannot be mapped;
+it is loaded whole, with a warning.
+
+Images whose size differs from the resolution are center-cropped and resized with PIL
+bicubic, the folder rule (`bench.data.images`); at the resolution they pass through bit-exact.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.data.base import ImageSource
+from bench.data.images import DataError, center_crop_resize
+
+log = logging.getLogger(__name__)
+LOCAL_HEADER = struct.Struct("<4s22xHH")    # signature, ..., file name length, extra field length
+SAMPLE_CHUNKS, CHUNK_BYTES = 64, 64 * 1024  # content sampled by the fingerprint
+
+
+def stored_array_layout(path: Path, member: str) -> tuple[int, tuple[int, ...], np.dtype] | None:
+    """(byte offset of the array data in the file, shape, dtype) for an uncompressed, C-order
+    member; None if it has to be loaded whole (compressed, Fortran order, unknown .npy version)."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        signature, name_length, extra_length = LOCAL_HEADER.unpack(handle.read(LOCAL_HEADER.size))
+        if signature != b"PK\x03\x04":
+            return None
+        handle.seek(info.header_offset + LOCAL_HEADER.size + name_length + extra_length)
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            return None
+        offset = handle.tell()
+    if fortran_order:
+        return None
+    return offset, tuple(shape), np.dtype(dtype)
+
+
+def _check_images(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if dtype != np.uint8:
+        raise DataError(f"npz file {path}: arr_0 has dtype {dtype}, expected uint8 images in [0, 255] "
+                        "(ADM/EDM sample format); convert with np.clip(np.rint(x), 0, 255).astype(np.uint8)")
+    if len(shape) != 4 or shape[3] not in (1, 3):
+        hint = ""
+        if len(shape) == 4 and shape[1] in (1, 3):
+            hint = "; it looks like NCHW, transpose it with arr.transpose(0, 2, 3, 1)"
+        raise DataError(f"npz file {path}: arr_0 has shape {shape}, expected N x H x W x 3 (NHWC){hint}")
+    if shape[0] == 0:
+        raise DataError(f"npz file {path}: arr_0 holds no images")
+
+
+class NpzSource(ImageSource):
+    name = "npz"
+
+    def __init__(self, path: str | Path, resolution: int, n: int | None = None) -> None:
+        super().__init__()
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise FileNotFoundError(f"npz file {self.path} does not exist; set data.root to an .npz of samples")
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                members = archive.namelist()
+        except zipfile.BadZipFile:
+            raise DataError(f"npz file {self.path} is not an .npz (zip) archive; "
+                            "write samples with np.savez(path, images_uint8_nhwc)") from None
+        if "arr_0.npy" not in members:
+            keys = [m.removesuffix(".npy") for m in members]
+            raise DataError(f"npz file {self.path} has no arr_0 (found {keys}); save the images as the "
+                            "first positional array: np.savez(path, images, labels)")
+        self.resolution = resolution
+        self._layout = stored_array_layout(self.path, "arr_0.npy")
+        self._array: np.ndarray | None = None
+        if self._layout is None:
+            log.warning("npz file %s is compressed (or not C-ordered), so it cannot be streamed: loading arr_0 "
+                        "whole into memory. Save with np.savez (not savez_compressed) to stream it.", self.path)
+            with np.load(self.path) as data:
+                self._array = data["arr_0"]
+            shape, dtype = self._array.shape, self._array.dtype
+        else:
+            _, shape, dtype = self._layout
+        _check_images(self.path, tuple(shape), np.dtype(dtype))
+        self.total = int(shape[0])
+        self.image_shape = tuple(int(s) for s in shape[1:])
+        self.n = self.total if n is None else min(n, self.total)
+        if self.n < self.total:
+            log.info("npz %s: using the first %d of %d images (data.n)", self.path, self.n, self.total)
+        self.labels = self._load_labels("arr_1.npy" in members)
+        if self.labels is not None:
+            self.num_classes = int(self.labels.max()) + 1
+
+    def _load_labels(self, present: bool) -> np.ndarray | None:
+        if not present:
+            return None
+        with np.load(self.path) as data:
+            labels = data["arr_1"]
+        if labels.ndim != 1 or labels.shape[0] != self.total or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"npz file {self.path}: arr_1 (labels) has {labels.dtype} shape {labels.shape}, "
+                            f"expected integers of shape ({self.total},)")
+        if self.total and labels.min() < 0:
+            raise DataError(f"npz file {self.path}: arr_1 (labels) has negative values")
+        return labels[:self.n].astype(np.int64)
+
+    def _images(self) -> np.ndarray:
+        """The image array, memory-mapped lazily in each process."""
+        if self._array is None:
+            offset, shape, dtype = self._layout  # type: ignore[misc]
+            self._array = np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        return self._array
+
+    def __getstate__(self) -> dict[str, Any]:  # workers map the file themselves
+        state = self.__dict__.copy()
+        if self._layout is not None:
+            state["_array"] = None
+        return state
+
+    def __len__(self) -> int:
+        return self.n
+
+    def load_image(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.n:
+            raise IndexError(f"npz: index {index} out of range for n={self.n}")
+        image = np.array(self._images()[index])          # copy the one row out of the map
+        if image.shape[2] == 1:
+            image = np.repeat(image, 3, axis=2)
+        return center_crop_resize(image, self.resolution)
+
+    def label(self, index: int) -> int | None:
+        return int(self.labels[index]) if self.labels is not None else None
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """File size, array shape, and a hash of the first and last MiB and 64 evenly spaced
+        64 KiB chunks: cheap on multi-GB files, and it changes when the samples change."""
+        size = os.path.getsize(self.path)
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as handle:
+            reads = [(0, 1 << 20), (max(0, size - (1 << 20)), 1 << 20)]
+            reads += [(k * size // SAMPLE_CHUNKS, CHUNK_BYTES) for k in range(SAMPLE_CHUNKS)]
+            for start, length in reads:
+                handle.seek(start)
+                digest.update(handle.read(length))
+        return {"n": self.n, "file_size": size, "shape": [self.total, *self.image_shape],
+                "content_sample": digest.hexdigest(), "labels": self.labels is not None}

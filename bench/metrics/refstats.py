@@ -1,0 +1,155 @@
+"""Reference statistics: the Inception mean/covariance (and, for KID and precision/recall, a
+capped set of features) of a reference dataset, computed once and cached as .npz.
+
+Cache files live in `<cache_dir>/refstats/` (cache_dir: `$DIFFBENCH_CACHE`, default
+`~/.cache/diffbench`), named by a hash of the key = data fingerprint + extractor + weights
+sha256 + resize mode + n. The key is also stored inside the file and checked on load, so a
+file that does not belong to the request (renamed, hand-edited, written by an older version)
+is detected as stale and recomputed. Fields: `mu`, `sigma` (float64) as in pytorch-fid / EDM /
+ADM files, plus `n`, `key` and optionally `features`.
+
+`load_reference_npz(path)` accepts those external files (`mu`, `sigma`; ADM's reference batches
+store them too, next to `arr_0`): FID works against them; KID and precision/recall need
+features, which they do not have.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.atomic import atomic_write
+from bench.metrics.frechet import GaussianAccumulator
+from bench.metrics.inception import POOL_FEATURES, FeatureBank
+
+log = logging.getLogger(__name__)
+CACHE_ENV = "DIFFBENCH_CACHE"
+FORMAT_VERSION = 1
+
+
+class ReferenceError(ValueError):
+    """A reference file or dataset that cannot serve the requested metrics."""
+
+
+class StaleCacheWarning(UserWarning):
+    """A cached reference file did not match its key and was recomputed."""
+
+
+@dataclass
+class ReferenceStats:
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+    features: torch.Tensor | None = None     # float32 (k, D), the first k reference images
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def require_features(self, metric: str) -> torch.Tensor:
+        if self.features is None or len(self.features) == 0:
+            raise ReferenceError(
+                f"{metric} needs reference features, but the reference {self.description.get('path', '')} "
+                "holds only mu/sigma (e.g. a pytorch-fid/EDM/ADM npz). Use a dataset as reference "
+                "(unset metrics.reference) or drop the metric")
+        return self.features
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/diffbench").expanduser()
+
+
+def load_reference_npz(path: str | Path) -> ReferenceStats:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ReferenceError(f"metrics.reference={path}: no such file; give an .npz with 'mu' and 'sigma' "
+                             "(pytorch-fid --save-stats, EDM, ADM reference batches)")
+    with np.load(path, allow_pickle=False) as data:
+        if "mu" not in data or "sigma" not in data:
+            raise ReferenceError(f"metrics.reference={path}: the file has arrays {sorted(data.files)} but needs "
+                                 "'mu' and 'sigma' (Inception pool3 mean and covariance)")
+        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+        n = int(data["n"]) if "n" in data else (len(data["arr_0"]) if "arr_0" in data else 0)
+        features = torch.from_numpy(data["features"]).float() if "features" in data else None
+    if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
+        raise ReferenceError(f"metrics.reference={path}: mu {mu.shape} and sigma {sigma.shape} are not a "
+                             "D-vector and a DxD matrix")
+    return ReferenceStats(mu, sigma, n, features, {"kind": "npz", "path": str(path)})
+
+
+def reference_key(fingerprint: str, extractor_key: dict[str, Any], n: int) -> dict[str, Any]:
+    return {"data": fingerprint, **extractor_key, "n": int(n), "format": FORMAT_VERSION}
+
+
+def cache_path(cache_dir: Path, source_name: str, key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return Path(cache_dir) / "refstats" / f"{source_name}-{digest}.npz"
+
+
+def compute_reference(source: Any, extractor: Any, *, n: int, keep_features: int = 0, batch_size: int = 64,
+                      num_workers: int = 0, quiet: bool = True) -> ReferenceStats:
+    """Stream the first n images of an ImageSource through the extractor."""
+    from bench.progress import progress
+    gaussian, bank = GaussianAccumulator(), FeatureBank(keep_features)
+    bar = progress(total=n, desc=f"reference {source.name}", unit="img", disable=quiet)
+    for batch in source.iter_batches(batch_size, 0, n, num_workers=num_workers):
+        features = extractor(batch.images)[POOL_FEATURES]
+        gaussian.update(features)
+        bank.update(features)
+        bar.update(len(batch))
+    bar.close()
+    if gaussian.n < 2:
+        raise ReferenceError(f"reference data {source.name!r} gave {gaussian.n} image(s); FID needs at least 2")
+    mu, sigma = gaussian.stats()
+    return ReferenceStats(mu, sigma, gaussian.n, bank.tensor() if keep_features else None,
+                          {"kind": "data", "source": source.name, "fingerprint": source.fingerprint()})
+
+
+def reference_stats(source: Any, extractor: Any, *, n: int, keep_features: int = 0,
+                    cache_dir: str | Path | None = None, batch_size: int = 64, num_workers: int = 0,
+                    quiet: bool = True) -> ReferenceStats:
+    """Cached `compute_reference`: reused when the key matches and enough features are stored."""
+    n = min(int(n), len(source))
+    key = reference_key(source.fingerprint(), extractor.cache_key(), n)
+    path = cache_path(Path(cache_dir) if cache_dir is not None else default_cache_dir(), source.name, key)
+    wanted_features = min(keep_features, n)
+    cached = _read_cache(path, key, wanted_features)
+    if cached is not None:
+        log.info("reference statistics from cache %s", path)
+        return cached
+    stats = compute_reference(source, extractor, n=n, keep_features=keep_features, batch_size=batch_size,
+                              num_workers=num_workers, quiet=quiet)
+    arrays: dict[str, Any] = {"mu": stats.mu, "sigma": stats.sigma, "n": np.int64(stats.n),
+                              "key": np.array(json.dumps(key, sort_keys=True))}
+    if stats.features is not None:
+        arrays["features"] = stats.features.numpy()
+    with atomic_write(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    stats.description.update(cache=str(path), cached=False)
+    return stats
+
+
+def _read_cache(path: Path, key: dict[str, Any], wanted_features: int) -> ReferenceStats | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            stored_key = json.loads(str(data["key"]))
+            if stored_key != key:
+                warnings.warn(f"reference cache {path} was made for {stored_key}, not {key}; recomputing",
+                              StaleCacheWarning, stacklevel=3)
+                return None
+            features = torch.from_numpy(data["features"]) if "features" in data else None
+            if wanted_features and (features is None or len(features) < wanted_features):
+                return None   # cached without (enough) features: recompute with them
+            return ReferenceStats(data["mu"], data["sigma"], int(data["n"]), features,
+                                  {"kind": "data", "source": path.name.rsplit("-", 1)[0], "fingerprint": key["data"],
+                                   "cache": str(path), "cached": True})
+    except (OSError, ValueError, KeyError) as err:   # truncated or foreign file
+        warnings.warn(f"reference cache {path} is unreadable ({err}); recomputing", StaleCacheWarning, stacklevel=3)
+        return None

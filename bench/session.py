@@ -1,0 +1,224 @@
+"""What a suite works with: loaded pipelines, requests built from config, metric sets with
+cached reference statistics, the sample store, and result rows for one run.
+
+Models and metric sets are loaded once per session and reused across sweep points
+(a guidance sweep must not reload the network or recompute reference statistics per point).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from omegaconf import OmegaConf
+
+from bench.config import Config, DataConfig, MetricsConfig, PipelineConfig
+from bench.device import resolve_device, resolve_dtype
+from bench.distributed import World, barrier, reduce_metrics, shard
+from bench.progress import progress
+from bench.results import MetricValue, RunContext, make_row
+from models.interface import Pipeline, SampleBatch, SampleRequest
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class Session:
+    def __init__(self, cfg: Config, run_dir: Path, run_id: str,
+                 job_params: Mapping[str, Any] | None = None, world: World | None = None) -> None:
+        self.cfg = cfg
+        self.job_params = dict(job_params or {})  # a multirun job's overrides: columns of every row
+        self.run_dir = Path(run_dir)
+        self.run_id = run_id
+        self.world = world or World()
+        self.device = resolve_device(cfg.hardware)
+        if self.world.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.world.local_rank)
+        self.dtype = resolve_dtype(cfg.hardware, self.device)
+        self.quiet = cfg.quiet
+        self.rows: list[dict[str, Any]] = []
+        self.weights_used: dict[str, str] = {}     # name -> sha256, for the manifest
+        self._pipelines: dict[str, Pipeline] = {}
+        self._metric_sets: dict[tuple, Any] = {}   # loaded metric networks, by kind
+
+    # -- pipelines ---------------------------------------------------------------------
+    def pipeline_config(self, name: str | None = None) -> PipelineConfig:
+        """The selected `pipeline` group, or another option of that group by name."""
+        if name is None or name == self.cfg.pipeline.name:
+            return self.cfg.pipeline
+        path = CONF_DIR / "pipeline" / f"{name}.yaml"
+        if not path.exists():
+            known = sorted(p.stem for p in (CONF_DIR / "pipeline").glob("*.yaml"))
+            raise ValueError(f"config key 'suite.pipelines': no pipeline config {name!r} "
+                             f"(looked for {path}); available: {known}")
+        merged = OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.load(path))
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+    def pipeline_names(self) -> list[str]:
+        return list(self.cfg.suite.pipelines or [self.cfg.pipeline.name])
+
+    def load_pipeline(self, name: str | None = None) -> Pipeline:
+        spec = self.pipeline_config(name)
+        if spec.name not in self._pipelines:
+            from models.registry import build_pipeline
+            log.info("loading pipeline %s (family %s, checkpoint %s)", spec.name, spec.family, spec.checkpoint)
+            pipe = build_pipeline(spec.family, spec.name, spec.checkpoint, **spec.params)
+            pipe.to(self.device, self.dtype)
+            self._apply_hardware(pipe)
+            self._pipelines[spec.name] = pipe
+        return self._pipelines[spec.name]
+
+    def _apply_hardware(self, pipe: Pipeline) -> None:
+        hw = self.cfg.hardware
+        for net in pipe.networks().values():
+            if hw.channels_last:
+                net.to(memory_format=torch.channels_last)
+        if hw.compile:
+            compile_networks = getattr(pipe, "compile_networks", None)
+            if compile_networks is None:
+                raise ValueError(f"hardware.compile=true, but pipeline {pipe.info.name!r} does not "
+                                 "support torch.compile; set hardware.compile=false")
+            compile_networks()
+
+    # -- requests ----------------------------------------------------------------------
+    def request(self, pipe: Pipeline, n: int | None = None, **overrides: Any) -> SampleRequest:
+        """A request from the config (sampler, guidance, seed, batch size), with conditions
+        for the pipeline's conditioning kind: class labels cycling over all classes, or
+        prompts from the shapes caption grammar / the suite's prompt file."""
+        cfg = self.cfg
+        fields: dict[str, Any] = dict(
+            n=cfg.suite.n if n is None else n, seed=cfg.seed, guidance_scale=cfg.guidance_scale,
+            sampler=cfg.sampler.name, steps=cfg.sampler.steps, eta=cfg.sampler.eta,
+            thresholding=cfg.sampler.thresholding,
+            dynamic_threshold_percentile=cfg.sampler.dynamic_threshold_percentile,
+            batch_size=cfg.hardware.batch_size,
+        )
+        cond = pipe.info.conditioning
+        if cond == "class":
+            fields["labels"] = list(range(pipe.info.num_classes or 1))
+        elif cond == "text":
+            fields["prompts"] = self.prompts(fields["n"])
+        stage_overrides = cfg.suite.params.get("stage_overrides", {})
+        if stage_overrides:
+            known = set(pipe.info.stage_names)
+            fields["stage_overrides"] = {k: dict(v) for k, v in stage_overrides.items() if k in known}
+        fields.update(overrides)
+        return SampleRequest(**fields)
+
+    def prompts(self, n: int) -> list[str]:
+        prompt_file = self.cfg.suite.params.get("prompts")
+        if prompt_file:
+            from bench.data.prompts import load_prompts
+            return load_prompts(prompt_file)
+        from bench.data.prompts import shapes_prompts
+        return shapes_prompts(n, self.cfg.data.seed)
+
+    # -- metrics -----------------------------------------------------------------------
+    def data_for(self, pipe: Pipeline) -> DataConfig:
+        """The reference data at the pipeline's output resolution (bundled sources render at
+        any size; folders and npz files keep their own)."""
+        data = self.cfg.data
+        if data.name in ("shapes", "natural") and data.resolution != pipe.info.resolution:
+            data = replace(data, resolution=pipe.info.resolution)
+        return data
+
+    def metric_set(self, names: Sequence[str], data: DataConfig | None = None,
+                   metrics: MetricsConfig | None = None):
+        """A fresh accumulator set; reference statistics come from the on-disk cache, so
+        building one per sweep point costs no recomputation."""
+        from bench.metrics import INCEPTION_METRICS, build_metrics
+        mcfg = replace(metrics or self.cfg.metrics, names=list(names))
+        extractor = self.inception(mcfg) if set(names) & set(INCEPTION_METRICS) else None
+
+        def build():
+            return build_metrics(mcfg, data or self.cfg.data, device=self.device, quiet=self.quiet,
+                                 cache_dir=None, num_workers=self.cfg.hardware.num_workers,
+                                 extractor=extractor)
+        if not self.world.distributed:
+            return build()
+        # Rank 0 computes (or reads) the cached reference statistics; the others then read them.
+        metrics = build() if self.world.is_main else None
+        barrier(self.world)
+        return metrics if metrics is not None else build()
+
+    def inception(self, metrics: MetricsConfig | None = None):
+        """The Inception feature extractor, loaded once per (resize mode, logits) and shared."""
+        from bench.metrics.inception import build_inception
+        mcfg = metrics or self.cfg.metrics
+        need_logits = "inception_score" in mcfg.names
+        key = ("inception", mcfg.resize_mode, need_logits)
+        if key not in self._metric_sets:
+            self._metric_sets[key] = build_inception(resize_mode=mcfg.resize_mode, device=self.device,
+                                                     batch_size=mcfg.feature_batch_size,
+                                                     need_logits=need_logits)
+        return self._metric_sets[key]
+
+    def sample_stream(self, pipe: Pipeline, request: SampleRequest, point: Mapping[str, Any]
+                      ) -> Iterator[SampleBatch]:
+        """Batches in index order: read back from the run's sample store where a previous
+        (killed) run already made them, sampled and stored otherwise."""
+        store = self._store(pipe, request, point)
+        bar = progress(total=request.n, desc=f"sample {pipe.info.name}", disable=self.quiet, unit="img")
+        end = request.start_index + request.n
+        for start in range(request.start_index, end, request.batch_size):
+            idx = list(range(start, min(start + request.batch_size, end)))
+            if store is not None and store.has(idx):
+                batch = store.read(idx)
+            else:
+                batch = next(iter(pipe.sample(request.with_range(start, len(idx)))))
+                if store is not None:
+                    store.write(batch)
+            bar.update(len(idx))
+            yield batch
+        bar.close()
+
+    def _store(self, pipe: Pipeline, request: SampleRequest, point: Mapping[str, Any]):
+        if not self.cfg.store_samples:
+            return None
+        from bench.store import SampleStore
+        point_id = "_".join(f"{k}={v}" for k, v in sorted(point.items())) or "default"
+        key = {"pipeline": pipe.info.name, "request": _request_key(request), "point": dict(point),
+               "dtype": str(self.dtype)}
+        return SampleStore(self.run_dir / "samples" / pipe.info.name / point_id, key)
+
+    def evaluate(self, pipe: Pipeline, request: SampleRequest, metric_names: Sequence[str],
+                 point: Mapping[str, Any] | None = None, data: DataConfig | None = None) -> list[MetricValue]:
+        """Sample (through the store) and accumulate the named metrics; record rows."""
+        point = dict(point or {})
+        metrics = self.metric_set(metric_names, data)
+        started = time.perf_counter()
+        own = request.with_range(*shard(request.start_index, request.n, self.world))
+        for batch in self.sample_stream(pipe, own, point):
+            metrics.update(batch)
+        if not reduce_metrics(metrics, self.world):
+            return []   # not rank 0: its share went to rank 0, which records the rows
+        values = metrics.compute()
+        log.info("%s %s: %d metrics in %.1fs", pipe.info.name, point, len(values), time.perf_counter() - started)
+        self.record(pipe, values, point)
+        return values
+
+    def record(self, pipe: Pipeline | None, values: Sequence[MetricValue], point: Mapping[str, Any],
+               pipeline_name: str | None = None, family: str | None = None) -> None:
+        if not self.world.is_main:
+            return
+        ctx = RunContext(self.run_id, self.cfg.suite.name,
+                         pipeline_name or (pipe.info.name if pipe else ""),
+                         family or (pipe.info.family if pipe else ""), {**self.job_params, **point})
+        for value in values:
+            weights = value.details.get("weights")
+            if isinstance(weights, Mapping):
+                self.weights_used[str(weights.get("name"))] = str(weights.get("sha256"))
+            self.rows.append(make_row(ctx, value))
+
+
+def _request_key(request: SampleRequest) -> dict[str, Any]:
+    """The request minus where it starts and how it is batched: what defines the images."""
+    fields = {k: v for k, v in vars(request).items() if k not in ("n", "start_index", "batch_size")}
+    fields["prompts"] = list(request.prompts) if request.prompts is not None else None
+    fields["labels"] = list(request.labels) if request.labels is not None else None
+    fields["stage_overrides"] = {k: dict(v) for k, v in request.stage_overrides.items()}
+    return fields

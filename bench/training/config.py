@@ -1,0 +1,59 @@
+"""The structured config of `python -m bench.train` (conf/train.yaml): it reuses the `pipeline`,
+`data` and `hardware` groups of the benchmark and adds `train` (conf/train/*.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from bench.config import ConfigError, DataConfig, HardwareConfig, PipelineConfig, _require
+
+
+@dataclass
+class TrainingConfig:
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100             # linear learning-rate warm-up
+    grad_clip: float = 1.0              # max global grad norm; 0 = off
+    ema_decay: float = 0.999
+    ema_warmup: bool = True             # decay min(ema_decay, (1 + step) / (10 + step)), as in ADM / DiT codebases
+    p_uncond: float = 0.1               # condition dropout for classifier-free guidance (Ho & Salimans 2022)
+    amp: bool = True                    # bf16 autocast on CUDA (ignored on CPU)
+    checkpoint_every: int = 500         # steps between resumable checkpoints
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    seed: int = 0
+    threads: int = 0                    # CPU threads (torch.set_num_threads); 0 = leave torch's default
+    preload_max_mb: int = 1024          # keep the decoded training set in memory when smaller
+    resume: bool = True                 # continue from the newest checkpoint in the run directory
+    export: Optional[str] = None        # also write the final EMA weights here (model.safetensors + config.json)
+    model: Dict[str, Any] = field(default_factory=dict)  # architecture params for the family's make_trainable
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
+            _require(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
+        _require(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        _require(0 <= self.p_uncond < 1, "train.p_uncond", f"must be in [0, 1), got {self.p_uncond}")
+        _require(self.threads >= 0, "train.threads", "must be >= 0")
+
+
+@dataclass
+class TrainRunConfig:
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    train: TrainingConfig = field(default_factory=TrainingConfig)
+    quiet: bool = False
+
+
+def register_train_schema() -> None:
+    ConfigStore.instance().store(name="diffbench_train_schema", node=TrainRunConfig)
+
+
+__all__ = ["ConfigError", "TrainRunConfig", "TrainingConfig", "register_train_schema"]

@@ -1,0 +1,55 @@
+"""autoencoder_zoo: reconstruction quality of each autoencoder (f = 1..32, KL and VQ, any |Z|
+and c): PSNR, SSIM, LPIPS, rFID on a chosen dataset. The report regenerates the shape of LDM's
+autoencoder table (Rombach et al. 2022, Tab. 8): rows f / |Z| / c, columns metrics +- CI."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import torch
+
+from bench.progress import progress
+from models.interface import to_uint8
+from models.registry import CHECKPOINT_DIR, resolve_checkpoint
+
+
+def shipped_autoencoders() -> list[str]:
+    """Shipped checkpoints whose config says they are autoencoders."""
+    names = []
+    for path in sorted(CHECKPOINT_DIR.glob("*/config.json")):
+        if json.loads(path.read_text()).get("kind") == "autoencoder":
+            names.append(path.parent.name)
+    return names
+
+
+def run(session) -> None:
+    from bench.data import build_source
+    from bench.metrics.reconstruction import ReconstructionMetrics
+    from models.autoencoder import load_autoencoder
+
+    params = session.cfg.suite.params
+    names = list(params.get("autoencoders") or shipped_autoencoders())
+    if not names:
+        raise ValueError("suite autoencoder_zoo: no autoencoders; set suite.params.autoencoders=[CHECKPOINT,...]")
+    data = session.cfg.data
+    if "resolution" in params:
+        data = replace(data, resolution=int(params["resolution"]))
+    want_rfid = params.get("rfid", True)
+    extractor = session.inception() if want_rfid else None
+    for name in names:
+        autoencoder = load_autoencoder(resolve_checkpoint(name)).to(session.device).eval()
+        metrics = ReconstructionMetrics(device=session.device, lpips_net="alex", extractor=extractor)
+        source = build_source(replace(data, n=min(data.n, session.cfg.suite.n)), split="test")
+        bar = progress(total=len(source), desc=f"reconstruct {name}", disable=session.quiet, unit="img")
+        with torch.inference_mode():
+            for batch in source.iter_batches(session.cfg.hardware.batch_size,
+                                             num_workers=session.cfg.hardware.num_workers):
+                x = batch.images.to(session.device).float() / 127.5 - 1.0
+                metrics.update(batch.images, to_uint8(autoencoder.decode(autoencoder.encode(x))))
+                bar.update(len(batch.images))
+        bar.close()
+        cfg = autoencoder.config
+        point = {"f": cfg.downsample_factor, "c": cfg.latent_channels, "regularizer": cfg.regularizer,
+                 "codebook_size": cfg.codebook_size if cfg.regularizer == "vq" else None,
+                 "data": data.name, "resolution": data.resolution}
+        session.record(None, metrics.compute(), point, pipeline_name=name, family="autoencoder")

@@ -1,0 +1,165 @@
+"""bench.regress: direction-aware tolerances, exit codes, baseline round trip. Synthetic run
+directories are written with bench.results (the gate only reads stored files)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.regress import Tolerance, judge, main, resolve_tolerance
+from bench.results import MetricValue, RunContext, make_row, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = {"fid": 20.0, "clip_score": 25.0, "psnr": 30.0, "nfe": 50.0, "images_per_s": 10.0}
+
+
+def make_run(run_dir: Path, values: dict[str, float] | None = None, ci: float | None = None,
+             params: dict | None = None) -> Path:
+    values = {**BASE, **(values or {})}
+    ctx = RunContext("run", "regression", "pixel_tiny", "pixel", params or {"steps": 10, "sampler": "ddim"})
+    rows = []
+    for metric, value in values.items():
+        if value is None:
+            continue
+        lo, hi = (None, None) if ci is None or metric == "fid" else (value - ci, value + ci)
+        rows.append(make_row(ctx, MetricValue(metric, value, 64, ci_low=lo, ci_high=hi)))
+    write_results(run_dir, rows)
+    (run_dir / "manifest.json").write_text(json.dumps({"status": "complete"}))
+    return run_dir
+
+
+@pytest.fixture
+def baseline(tmp_path: Path) -> Path:
+    path = tmp_path / "baseline.json"
+    assert main(["--baseline", str(path), "--current", str(make_run(tmp_path / "good")), "--update"]) == 0
+    return path
+
+
+def gate(baseline: Path, run_dir: Path, *extra: str) -> int:
+    return main(["--baseline", str(baseline), "--current", str(run_dir), *extra])
+
+
+def test_lower_is_better_metric_rising_beyond_tolerance_fails(baseline: Path, tmp_path: Path, capsys):
+    # fid default tolerance: max(0.5, 2% of 20 = 0.4) = 0.5
+    assert gate(baseline, make_run(tmp_path / "within", {"fid": 20.45})) == 0
+    assert gate(baseline, make_run(tmp_path / "worse", {"fid": 20.6})) == 1
+    out = capsys.readouterr().out
+    assert "regression gate: FAIL: 1 regressed" in out
+    line = next(l for l in out.splitlines() if " fid " in l and "regressed" in l)
+    assert "+0.6" in line and "0.5" in line and "steps=10" in line
+    assert gate(baseline, make_run(tmp_path / "better", {"fid": 15.0})) == 0
+    assert "1 improved" in capsys.readouterr().out
+
+
+def test_higher_is_better_metric_is_symmetric(baseline: Path, tmp_path: Path):
+    # clip_score default: max(0.25, 1% of 25 = 0.25) = 0.25; psnr: max(0.1, 0.5% of 30 = 0.15)
+    assert gate(baseline, make_run(tmp_path / "a", {"clip_score": 24.8})) == 0
+    assert gate(baseline, make_run(tmp_path / "b", {"clip_score": 24.7})) == 1
+    assert gate(baseline, make_run(tmp_path / "c", {"clip_score": 30.0})) == 0
+    assert gate(baseline, make_run(tmp_path / "d", {"psnr": 29.8})) == 1
+
+
+def test_missing_metric_fails_and_new_metric_does_not(baseline: Path, tmp_path: Path, capsys):
+    diff = tmp_path / "diff.csv"
+    assert gate(baseline, make_run(tmp_path / "missing", {"psnr": None}), "--diff-out", str(diff)) == 1
+    assert "missing" in capsys.readouterr().out
+    table = pd.read_csv(diff)
+    assert table.set_index("metric").loc["psnr", "status"] == "missing"
+    assert table.set_index("metric").loc["fid", "status"] == "ok"
+    assert gate(baseline, make_run(tmp_path / "new", {"ssim": 0.9})) == 0
+    assert "1 new" in capsys.readouterr().out
+
+
+def test_changed_sweep_point_is_reported_as_missing_with_a_hint(baseline: Path, tmp_path: Path, capsys):
+    assert gate(baseline, make_run(tmp_path / "moved", params={"steps": 20, "sampler": "ddim"})) == 1
+    assert "current run has it at (sampler=ddim, steps=20)" in capsys.readouterr().out
+
+
+def test_timing_is_skipped_by_default_and_checked_on_request(baseline: Path, tmp_path: Path):
+    slow = make_run(tmp_path / "slow", {"images_per_s": 4.0})
+    assert gate(baseline, slow) == 0
+    assert gate(baseline, slow, "--check-timing") == 1  # 60% slower > the 50% timing tolerance
+    assert gate(baseline, make_run(tmp_path / "bit_slow", {"images_per_s": 6.0}), "--check-timing") == 0
+
+
+def test_nfe_is_exact(baseline: Path, tmp_path: Path):
+    assert gate(baseline, make_run(tmp_path / "nfe", {"nfe": 51.0})) == 1
+
+
+def test_ci_based_tolerance(tmp_path: Path):
+    path = tmp_path / "b.json"
+    assert main(["--baseline", str(path), "--current", str(make_run(tmp_path / "g", ci=1.0)), "--update"]) == 0
+    # combined half-width sqrt(1 + 1) = 1.41: a 1.2 drop in CLIP score is within noise
+    assert gate(path, make_run(tmp_path / "a", {"clip_score": 23.8}, ci=1.0)) == 0
+    assert gate(path, make_run(tmp_path / "b", {"clip_score": 23.5}, ci=1.0)) == 1
+    spec = json.loads(path.read_text())
+    spec["tolerances"]["clip_score"]["ci_k"] = 0.0
+    path.write_text(json.dumps(spec))
+    assert gate(path, make_run(tmp_path / "c", {"clip_score": 23.8}, ci=1.0)) == 1
+
+
+def test_update_round_trip_keeps_tolerances(baseline: Path, tmp_path: Path):
+    data = json.loads(baseline.read_text())
+    assert data["tolerances"]["fid"] == {"direction": "lower", "abs": 0.5, "rel": 0.02, "ci_k": 1.0,
+                                         "skip": False}
+    entry = next(e for e in data["entries"] if e["metric"] == "fid")
+    assert entry["value"] == 20.0 and entry["n"] == 64 and entry["params"] == {"sampler": "ddim", "steps": 10}
+    data["tolerances"]["fid"]["abs"] = 3.0
+    del data["tolerances"]["clip_score"]  # an exact name would take precedence over a pattern
+    data["tolerances"]["clip*"] = {"rel": 0.2}
+    baseline.write_text(json.dumps(data))
+    worse = make_run(tmp_path / "worse", {"fid": 22.0, "clip_score": 21.0})
+    assert gate(baseline, worse) == 0  # the hand-tuned tolerances admit it
+    assert gate(baseline, worse, "--update") == 0
+    updated = json.loads(baseline.read_text())
+    assert updated["tolerances"]["fid"]["abs"] == 3.0 and updated["tolerances"]["clip*"] == {"rel": 0.2}
+    assert "clip_score" not in updated["tolerances"]  # covered by the user's pattern
+    assert next(e for e in updated["entries"] if e["metric"] == "fid")["value"] == 22.0
+    before = baseline.read_bytes()
+    assert gate(baseline, worse, "--update") == 0 and baseline.read_bytes() == before
+    assert gate(baseline, worse) == 0
+
+
+def test_baseline_from_parquet_matches_csv_only_run(baseline: Path, tmp_path: Path):
+    run = make_run(tmp_path / "csv_only", params={"steps": 10, "sampler": "ddim"})
+    (run / "results.parquet").unlink()
+    assert gate(baseline, run) == 0
+
+
+def test_unusable_input_exits_2_with_a_message(baseline: Path, tmp_path: Path, capsys):
+    assert gate(tmp_path / "none.json", make_run(tmp_path / "r")) == 2
+    assert "does not exist; create it" in capsys.readouterr().err
+    data = json.loads(baseline.read_text())
+    data["tolerances"]["fid"]["absolute"] = 1
+    baseline.write_text(json.dumps(data))
+    assert gate(baseline, tmp_path / "r") == 2
+    assert "unknown key(s) ['absolute']" in capsys.readouterr().err
+    unfinished = make_run(tmp_path / "unfinished")
+    (unfinished / "manifest.json").write_text(json.dumps({"status": "running"}))
+    assert gate(baseline, unfinished) == 2
+    assert "did not finish" in capsys.readouterr().err
+
+
+def test_judge_rule():
+    tol = Tolerance("lower", abs=0.1, rel=0.0, ci_k=2.0, skip=False)
+    assert judge(tol, 1.0, 1.5, 0.15, 0.2) == ("ok", 0.5)        # 2 * hypot(0.15, 0.2) = 0.5
+    assert judge(tol, 1.0, 1.6, 0.15, 0.2)[0] == "regressed"
+    assert judge(tol, 1.0, None, None, None)[0] == "regressed"   # the metric became NaN
+    either = resolve_tolerance("mystery_metric", {})
+    assert either.direction == "either" and judge(either, 10.0, 9.0, None, None)[0] == "regressed"
+
+
+def test_gate_does_not_import_torch(baseline: Path, tmp_path: Path):
+    run = make_run(tmp_path / "r", {"fid": 25.0})
+    code = ("import sys; from bench.regress import main; "
+            f"rc = main(['--baseline', {str(baseline)!r}, '--current', {str(run)!r}]); "
+            "assert 'torch' not in sys.modules; sys.exit(rc)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert "regressed" in done.stdout

@@ -1,0 +1,228 @@
+"""The sample store: round trips, keys, shards, crash leftovers, and SIGKILL-and-resume."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.store import SampleStore, StoreMismatchError, read_npz
+from models.interface import BatchContext, Pipeline, PipelineInfo, SampleBatch, SampleRequest, StageInfo
+
+KEY = {"pipeline": "noise", "seed": 3, "request": {"steps": 2, "prompts": ["a", "bb"]}}
+
+
+class NoisePipeline(Pipeline):
+    """Images straight from per-sample noise: deterministic in (seed, i), no network."""
+
+    def __init__(self, pause: float = 0.0) -> None:
+        self.pause = pause
+        self.info = PipelineInfo("noise", "external", 8, "text",
+                                 (StageInfo("base", "denoiser", 4), StageInfo("up", "super_resolution", 8)))
+
+    def networks(self):
+        return {}
+
+    def generate(self, ctx: BatchContext) -> torch.Tensor:
+        with ctx.stage("base"):
+            small = ctx.noise("base").randn(3, 4, 4).tanh()
+            ctx.stage_nfe["base"] = 2.0
+            ctx.keep("base", small)
+        with ctx.stage("up"):
+            time.sleep(self.pause)
+            return torch.nn.functional.interpolate(small, scale_factor=2) * 0.9
+
+
+def request(n: int, batch_size: int, start: int = 0) -> SampleRequest:
+    return SampleRequest(n=n, seed=3, start_index=start, prompts=["a", "bb", "a longer prompt"],
+                         batch_size=batch_size)
+
+
+def fill(root: Path, n: int, batch_size: int, shard_size: int, pause: float = 0.0,
+         progress=None) -> SampleStore:
+    """What a runner does: sample what the store lacks, batch by batch, then finalize."""
+    store = SampleStore(root, KEY, shard_size=shard_size)
+    pipe = NoisePipeline(pause)
+    for start in range(0, n, batch_size):
+        chunk = list(range(start, min(start + batch_size, n)))
+        if not store.has(chunk):
+            store.write(next(pipe.sample(request(len(chunk), batch_size, start))))
+            if progress is not None:
+                progress.send(start)
+    store.finalize()
+    return store
+
+
+def tree_bytes(root: Path, folder: str = "shards") -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((root / folder).iterdir())}
+
+
+def test_round_trip_in_any_order(tmp_path):
+    pipe = NoisePipeline()
+    batches = list(pipe.sample(request(10, 4)))
+    store = SampleStore(tmp_path, KEY, shard_size=4)
+    for batch in batches:
+        store.write(batch)
+    everything = SampleBatch(torch.cat([b.images for b in batches]), torch.arange(10), None, None, {}, {})
+    assert store.completed() == list(range(10)) and len(store) == 10
+    assert store.has([0, 9]) and not store.has([9, 10])
+    got = store.read([7, 2, 9, 0])
+    assert got.indices.tolist() == [7, 2, 9, 0]
+    assert torch.equal(got.images, everything.images[[7, 2, 9, 0]])
+    assert got.images.dtype == torch.uint8 and got.images.shape == (4, 3, 8, 8)
+    assert got.prompts == ["bb", "a longer prompt", "a", "a"]
+    assert got.labels is None
+    assert torch.equal(got.stage_outputs["base"], torch.cat([b.stage_outputs["base"] for b in batches])[[7, 2, 9, 0]])
+    assert got.stage_nfe == {"base": 2.0}
+    batch_times = sum(b.stage_seconds["up"] for b in batches)
+    assert sum(store.read(list(range(10))).stage_seconds["up"] for _ in [0]) == pytest.approx(batch_times)
+    streamed = list(store.iter_batches(3))
+    assert [len(b) for b in streamed] == [3, 3, 3, 1]
+    assert torch.equal(torch.cat([b.images for b in streamed]), everything.images)
+    with pytest.raises(KeyError, match="10"):
+        store.read([3, 10])
+
+
+def test_labels_are_stored(tmp_path):
+    store = SampleStore(tmp_path, KEY)
+    images = torch.randint(0, 255, (3, 3, 8, 8), dtype=torch.uint8)
+    store.write(SampleBatch(images, torch.tensor([5, 6, 7]), None, torch.tensor([2, 0, 1]), {}, {}))
+    assert store.read([6, 7]).labels.tolist() == [0, 1]
+
+
+def test_a_different_key_is_refused_naming_both(tmp_path):
+    SampleStore(tmp_path, KEY)
+    SampleStore(tmp_path, dict(KEY))                       # the same key opens again
+    other = dict(KEY, seed=4)
+    with pytest.raises(StoreMismatchError) as err:
+        SampleStore(tmp_path, other)
+    message = str(err.value)
+    assert '"seed": 3' in message and '"seed": 4' in message and "differing: ['key.seed']" in message
+    with pytest.raises(StoreMismatchError, match="shard_size"):
+        SampleStore(tmp_path, KEY, shard_size=8)
+    assert SampleStore.open(tmp_path).key["seed"] == 3
+
+
+def test_writes_are_idempotent_and_first_write_wins(tmp_path):
+    pipe = NoisePipeline()
+    store = SampleStore(tmp_path, KEY, shard_size=4)
+    first = next(pipe.sample(request(3, 3)))
+    store.write(first)
+    store.write(first)
+    overlapping = next(pipe.sample(request(4, 4, start=1)))
+    overlapping.images[:] = 0                              # indices 1, 2 are already stored
+    store.write(overlapping)
+    assert store.completed() == [0, 1, 2, 3, 4]
+    assert torch.equal(store.read([1, 2]).images, first.images[1:3])
+    assert int(store.read([3]).images.max()) == 0
+    assert len(list((tmp_path / "shards").iterdir())) == 1   # shard 0 = {0..3} finished
+
+
+def test_shards_do_not_depend_on_batching_and_are_plain_npz(tmp_path):
+    a = fill(tmp_path / "a", n=13, batch_size=5, shard_size=4)
+    b = fill(tmp_path / "b", n=13, batch_size=3, shard_size=4)
+    c_root = tmp_path / "c"                      # reversed order, one index at a time
+    store = SampleStore(c_root, KEY, shard_size=4)
+    pipe = NoisePipeline()
+    for i in reversed(range(13)):
+        store.write(next(pipe.sample(request(1, 1, start=i))))
+    store.finalize()
+    assert list(tree_bytes(a.root)) == [f"shard-{k:06d}.npz" for k in range(4)]
+    assert tree_bytes(a.root) == tree_bytes(b.root) == tree_bytes(c_root)
+    assert not (a.root / "parts").exists()
+    shard = np.load(a.root / "shards" / "shard-000003.npz")   # plain numpy can read it
+    assert shard["indices"].tolist() == [12] and shard["images"].shape == (1, 3, 8, 8)
+    assert sorted(shard.files) == ["images", "indices", "prompts", "stage_output.base"]
+    # a finished tail shard grows again when the run is extended
+    store = fill(tmp_path / "a", n=15, batch_size=5, shard_size=4)
+    assert read_npz(store.root / "shards" / "shard-000003.npz")["indices"].tolist() == [12, 13, 14]
+
+
+def test_leftovers_of_a_kill_are_recovered(tmp_path):
+    done = fill(tmp_path / "done", n=8, batch_size=3, shard_size=4)
+    root = tmp_path / "crashed"
+    fill(root, n=8, batch_size=3, shard_size=4)
+    # kill while finishing shard 1: its shard file is written, its parts are still there
+    store = SampleStore(root, KEY, shard_size=4)
+    pipe = NoisePipeline()
+    part = next(pipe.sample(request(2, 2, start=4)))
+    from bench.store import _batch_arrays, write_npz
+    write_npz(root / "parts" / "shard-000001" / "p000000000004.npz", _batch_arrays(part))
+    # kill inside atomic writes: orphaned temporary files
+    (root / "parts" / "shard-000001" / ".p000000000006.npz.abc.tmp").write_bytes(b"half")
+    (root / "shards" / ".shard-000001.npz.xyz.tmp").write_bytes(b"half")
+    store = SampleStore(root, KEY, shard_size=4)
+    assert store.completed() == list(range(8))
+    assert not (root / "parts").exists() or not any((root / "parts").iterdir())
+    assert tree_bytes(root) == tree_bytes(done.root)
+
+
+def _child_run(root: str, n: int, batch_size: int, shard_size: int, pause: float, conn) -> None:
+    torch.set_num_threads(1)          # a forked child must not reuse the parent's thread pool
+    fill(Path(root), n, batch_size, shard_size, pause, progress=conn)
+    conn.send("done")
+
+
+def test_sigkill_three_times_then_resume_gives_identical_shards(tmp_path):
+    """Real processes, really killed (SIGKILL: no cleanup runs) at random points."""
+    # 20 batches; each killed run writes at most 4 before its kill, so every kill is mid-run
+    n, batch_size, shard_size, pause = 60, 3, 8, 0.01
+    reference = fill(tmp_path / "reference", n, batch_size, shard_size)
+    fork = multiprocessing.get_context("fork")
+    root = tmp_path / "resumed"
+    rng = random.Random(0)
+    kills = 0
+    for attempt in range(8):
+        receive, send = fork.Pipe(duplex=False)
+        child = fork.Process(target=_child_run, args=(str(root), n, batch_size, shard_size, pause, send))
+        child.start()
+        send.close()
+        if kills < 3:
+            # wait for a random number of batches, then kill at a random moment inside the next
+            for _ in range(rng.randrange(1, 5)):
+                if receive.poll(10) and receive.recv() == "done":
+                    break
+            time.sleep(rng.uniform(0.0, 0.015))
+            os.kill(child.pid, signal.SIGKILL)
+        child.join(30)
+        if child.exitcode == -signal.SIGKILL:
+            kills += 1
+        else:
+            assert child.exitcode == 0
+            if kills >= 3:
+                break
+    assert kills == 3
+    assert SampleStore(root, KEY, shard_size).completed() == list(range(n))
+    assert tree_bytes(root) == tree_bytes(reference.root)
+    assert sorted(p.name for p in root.rglob("*") if p.is_file() and "timings" not in p.parts) == \
+        [".lock", *[f"shard-{k:06d}.npz" for k in range(8)], "store.json"]
+
+
+def _child_rank(root: str, indices: list[int], shard_size: int) -> None:
+    torch.set_num_threads(1)
+    store = SampleStore(Path(root), KEY, shard_size=shard_size)
+    pipe = NoisePipeline()
+    for start in range(indices[0], indices[-1] + 1, 2):
+        store.write(next(pipe.sample(request(min(2, indices[-1] + 1 - start), 2, start))))
+    store.finalize()
+
+
+def test_concurrent_writers_with_disjoint_ranges(tmp_path):
+    """Two processes (as torch.distributed ranks would) fill halves that split shard 1."""
+    reference = fill(tmp_path / "reference", 14, 2, 4)
+    fork = multiprocessing.get_context("fork")
+    root = tmp_path / "ranks"
+    ranks = [fork.Process(target=_child_rank, args=(str(root), list(r), 4)) for r in (range(0, 6), range(6, 14))]
+    for rank in ranks:
+        rank.start()
+    for rank in ranks:
+        rank.join(30)
+        assert rank.exitcode == 0
+    SampleStore(root, KEY, 4).finalize()
+    assert tree_bytes(root) == tree_bytes(reference.root)
