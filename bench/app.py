@@ -56,6 +56,14 @@ def multirun_params(overrides: list[str]) -> dict[str, object]:
     return params
 
 
+def narrow_to_chosen_pipeline(raw: DictConfig, overrides: list[str]) -> None:
+    """`pipeline=X` on the command line runs the suite on X alone, even when the suite lists
+    its own pipelines (smoke lists every shipped one), unless suite.pipelines is also given."""
+    keys = [item.lstrip("+~").partition("=")[0] for item in overrides]
+    if "pipeline" in keys and not any(k.startswith("suite.pipelines") for k in keys):
+        raw.suite.pipelines = None
+
+
 def run(cfg: Config, raw: DictConfig, run_dir: Path,
         job_params: dict[str, object] | None = None) -> "pandas.DataFrame":  # noqa: F821
     """Run the configured suite into run_dir. Importable for tests and notebooks."""
@@ -120,10 +128,11 @@ def _same_run_dir(run_dir: Path, world) -> Path:
 def _hydra_main(raw: DictConfig) -> None:
     user_errors = _user_error_types()
     try:
+        hydra_cfg = HydraConfig.get()
+        narrow_to_chosen_pipeline(raw, list(hydra_cfg.overrides.task))
         cfg = validate(raw)
         if cfg.quiet:
             os.environ["DIFFBENCH_QUIET"] = "1"
-        hydra_cfg = HydraConfig.get()
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         job_params = multirun_params(list(hydra_cfg.overrides.task)) if multirun else {}
         run(cfg, raw, Path(hydra_cfg.runtime.output_dir), job_params)

@@ -175,6 +175,8 @@ class Session:
             bar.update(len(idx))
             yield batch
         bar.close()
+        if store is not None:
+            store.finalize()   # the last, partly filled shard: written out, so the store is complete
 
     def _store(self, pipe: Pipeline, request: SampleRequest, point: Mapping[str, Any]):
         if not self.cfg.store_samples:

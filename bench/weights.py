@@ -214,7 +214,7 @@ def _candidates(spec: WeightSpec) -> list[tuple[str, Path | None, str]]:
     for module, rel in spec.packages:
         root = _package_dir(module)
         out.append((f"package:{module}", None if root is None else root / rel,
-                    f"package {module!r} is not installed"))
+                    f"package {module!r} is not installed" if root is None else ""))
     hub = _torch_hub_checkpoints()
     out += [("cache:torch_hub", hub / f, "") for f in spec.files]
     for repo, filename in spec.hf_files:

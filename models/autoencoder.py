@@ -45,6 +45,10 @@ class AutoencoderConfig:
     num_res_blocks: int = 1
     mid_attention: bool = True
     dropout: float = 0.0
+    # KL-reg only: initial bias of the posterior's log-variance channels. LDM starts at ~0 (std 1),
+    # which swamps fresh latents (std ~0.3) with noise; short CPU runs then learn a constant image
+    # (measured: ae_kl_f4 at 0 and LPIPS weight 1 stayed at L1 0.65). A negative value starts narrow.
+    logvar_init: float = 0.0
     # VQ-reg only
     codebook_size: int = 256                # |Z|
     commitment_beta: float = 0.25           # beta of the commitment loss (VQ-VAE eq. 3)
@@ -212,6 +216,9 @@ class Autoencoder(nn.Module):
         moments = 2 * c if cfg.regularizer == "kl" else c
         self.encoder = Encoder(cfg, moments)
         self.quant_conv = nn.Conv2d(moments, moments, 1)
+        if cfg.regularizer == "kl" and cfg.logvar_init:
+            with torch.no_grad():
+                self.quant_conv.bias[c:].fill_(cfg.logvar_init)
         self.post_quant_conv = nn.Conv2d(c, c, 1)
         self.decoder = Decoder(cfg)
         self.quantizer = (VectorQuantizer(cfg.codebook_size, c, cfg.commitment_beta, cfg.codebook_update,

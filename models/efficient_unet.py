@@ -206,3 +206,53 @@ def efficient_unet_config(switches: str | None = None, **overrides: Any) -> Effi
 @register_network_type("efficient_unet")
 def _build_efficient_unet(config: dict[str, Any]) -> nn.Module:
     return EfficientUNet(EfficientUNetConfig.from_dict(dict(config)))
+
+
+def switch_table(resolution: int = 32, batch: int = 16, rounds: int = 5, threads: int = 1,
+                 **overrides: Any) -> list[dict[str, Any]]:
+    """(switch set, parameters, GFLOPs per image, images/s) for every EFFICIENT_SWITCHES entry, on one
+    text-conditioned UNet config (MiniLM-sized context). Forward passes under no_grad; the switch sets
+    are timed round-robin (`rounds` times each, median kept) so that a change in machine load hits
+    them all alike."""
+    import statistics
+    import time
+
+    from torch.utils.flop_counter import FlopCounterMode
+    torch.set_num_threads(threads)
+    values = {**dict(resolution=resolution, base_channels=32, channel_mults=(1, 2, 2), context_dim=384,
+                     extra_embed_dim=384, attention_resolutions=(8,)), **overrides}
+    dim = values["context_dim"]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, resolution, resolution, generator=gen)
+    kwargs = dict(context=torch.randn(batch, 20, dim, generator=gen),
+                  extra=torch.randn(batch, values["extra_embed_dim"], generator=gen))
+    t = torch.full((batch,), 500.0)
+    nets, rows = {}, {}
+    for name in EFFICIENT_SWITCHES:
+        torch.manual_seed(0)
+        net = nets[name] = EfficientUNet(efficient_unet_config(name, **values)).eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net(x[:1], t[:1], context=kwargs["context"][:1], extra=kwargs["extra"][:1])
+        rows[name] = {"switch": name, **{k: v for k, v in EFFICIENT_SWITCHES[name].items()},
+                      "params": sum(p.numel() for p in net.parameters()),
+                      "gflops_per_image": counter.get_total_flops() / 1e9, "seconds": []}
+    with torch.no_grad():
+        for net in nets.values():                      # warm-up
+            net(x, t, **kwargs)
+        for _ in range(rounds):
+            for name, net in nets.items():
+                start = time.perf_counter()
+                net(x, t, **kwargs)
+                rows[name]["seconds"].append(time.perf_counter() - start)
+    for row in rows.values():
+        row["images_per_s"] = batch / statistics.median(row.pop("seconds"))
+    return list(rows.values())
+
+
+if __name__ == "__main__":   # python -m models.efficient_unet: the switch table (Markdown)
+    table = switch_table()
+    print("| switch | blocks_per_level | scale_skips | efficient_updown | params | GFLOPs/image | images/s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in table:
+        print(f"| {r['switch']} | {tuple(r['blocks_per_level'])} | {r['scale_skips']} | {r['efficient_updown']} | "
+              f"{r['params']:,} | {r['gflops_per_image']:.3f} | {r['images_per_s']:.1f} |")

@@ -8,6 +8,9 @@ bench/training/trainable.py): every stage of the cascade trains jointly on each 
 - SR stage k: the image at resolutions[k-1] is corrupted by the stage's conditioning
   augmentation at a level ~ U[0, max_level] (Ho et al. 2022 / Imagen sec. 2.4), upsampled and
   concatenated; the level's features join the pooled text in the UNet's extra embedding.
+- Frozen LM: its embeddings are computed once per distinct caption and cached (Imagen sec. 2.1:
+  freezing allows "offline computation of text embeddings"); on CPU a MiniLM pass over a batch
+  costs more than the UNets' training step, and the caption grammar has ~16k variants.
 All randomness comes from the trainer's generator (resumable).
 """
 from __future__ import annotations
@@ -30,21 +33,50 @@ def caption_variants(captions: list[str], generator: torch.Generator) -> list[st
     return [vary_caption(c, rng) for c in captions]
 
 
+class FrozenTextCache:
+    """caption -> (unpadded token states, pooled) of a frozen encoder, computed for the misses of a
+    batch in one call. Rebuilt padded rows equal `text_conditions`' (padding is zeroed there)."""
+
+    def __init__(self, encoder: TextEncoder, max_entries: int = 40000) -> None:
+        self.encoder, self.max_entries = encoder, max_entries
+        self.entries: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.hits = self.misses = 0
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+        missing = list(dict.fromkeys(c for c in captions if c not in self.entries))
+        self.hits += len(captions) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            self.encoder.to(device)
+            cond, _ = text_conditions(self.encoder, missing)
+            lengths = (cond["context"].abs().sum(-1) > 0).sum(1)
+            if len(self.entries) + len(missing) > self.max_entries:
+                self.entries.clear()                    # bounded memory; refills from the batches
+            for c, ctx, pooled, n in zip(missing, cond["context"].cpu(), cond["pooled"].cpu(), lengths.tolist()):
+                self.entries[c] = (ctx[:n].clone(), pooled.clone())
+        length, dim = self.encoder.max_length, self.encoder.dim
+        context = torch.zeros(len(captions), length, dim)
+        for i, c in enumerate(captions):
+            ctx = self.entries[c][0]
+            context[i, :len(ctx)] = ctx
+        pooled = torch.stack([self.entries[c][1] for c in captions])
+        return {"context": context.to(device), "pooled": pooled.to(device)}
+
+
 class ImagenTrainable:
     def __init__(self, config: dict[str, Any], networks: nn.ModuleDict, text_encoder: TextEncoder) -> None:
         self.config = config
         self.networks = networks                 # trained (the frozen LM is not among them)
         self.text_encoder = text_encoder
         self.pipeline = ImagenPipeline("train", config, networks, text_encoder)
+        self.cache = None if text_encoder.trainable else FrozenTextCache(text_encoder)
 
     def encode(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        if self.text_encoder.trainable:
+        if self.cache is None:
             cond, _ = text_conditions(self.text_encoder, captions)
-        else:
-            with torch.no_grad():
-                self.text_encoder.to(self.device)
-                cond, _ = text_conditions(self.text_encoder, captions)
-        return cond
+            return cond
+        return self.cache(captions, self.device)
 
     @property
     def device(self) -> torch.device:

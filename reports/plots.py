@@ -43,9 +43,14 @@ def varying_axes(frame: pd.DataFrame) -> list[str]:
     return [c for c in param_columns(frame) if frame[c].dropna().astype(str).nunique() > 1]
 
 
+# Suite-specific Pareto figures added to the automatic set (x, y): LDM's FID-vs-throughput
+# trade-off over f (Rombach et al. 2022, Fig. 7).
+SUITE_PARETOS: dict[str, list[tuple[str, str]]] = {"f_sweep": [("images_per_s", "fid")]}
+
+
 def auto_specs(frame: pd.DataFrame) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Each metric vs each varying axis (where that metric has 2+ points on it); and
-    CLIP score (x) vs FID (y) when both were measured."""
+    """Each metric vs each varying axis (where that metric has 2+ points on it); CLIP score
+    (x) vs FID (y) when both were measured; and the suites' own Pareto pairs (SUITE_PARETOS)."""
     frame = normalise(frame)
     metrics = sorted(set(frame["metric"]), key=metric_sort_key)
     plots = []
@@ -55,6 +60,9 @@ def auto_specs(frame: pd.DataFrame) -> tuple[list[tuple[str, str]], list[tuple[s
             if values.nunique() > 1:
                 plots.append((metric, axis))
     paretos = [(m, "fid") for m in metrics if "fid" in metrics and "clip" in m.lower()]
+    for suite in sorted({s for s in frame["suite"] if s}):
+        paretos += [(x, y) for x, y in SUITE_PARETOS.get(suite, [])
+                    if x in metrics and y in metrics and (x, y) not in paretos]
     return plots, paretos
 
 

@@ -37,3 +37,50 @@ def test_invalid_values_fail_at_start_naming_the_key(tmp_path, override, key):
     assert proc.returncode != 0, proc.stdout
     assert key in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+# A tiny but complete run: the shipped pixel checkpoint, few steps, a small reference set.
+TINY_RUN = ("pipeline=pixel_ddpm", "suite.n=16", "data.n=48", "sampler.steps=3",
+            "metrics.names=[fid,kid,precision_recall,speed]", "suite.params.speed_n=4", "metrics.speed_repeats=1")
+VALUE_COLUMNS = ["pipeline", "metric", "value", "ci_low", "ci_high", "n"]
+TIMING_METRICS = {"images_per_s", "s_per_image", "peak_memory_mib"} | {
+    f"{m}[base]" for m in ("stage_s_per_image", "stage_share")}
+
+
+def test_two_runs_with_one_seed_write_complete_identical_results(tmp_path):
+    import pandas as pd
+    frames = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        proc = run_bench(*TINY_RUN, f"hydra.run.dir={run}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        for artefact in ("results.csv", "results.parquet", "manifest.json", "report.md"):
+            assert (run / artefact).is_file(), artefact
+        assert list((run / "plots").glob("*.png")), "no plot written"
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["status"] == "complete" and manifest["seed"] == 0
+        assert any("inception" in str(w).lower() for w in manifest["weights"]), manifest["weights"]
+        frame = pd.read_csv(run / "results.csv")
+        assert {"fid", "kid", "precision", "recall", "images_per_s"} <= set(frame.metric)
+        pd.testing.assert_frame_equal(frame[VALUE_COLUMNS], pd.read_parquet(run / "results.parquet")[VALUE_COLUMNS],
+                                      check_dtype=False)
+        frames.append(frame)
+    quality = [f[~f.metric.isin(TIMING_METRICS)][VALUE_COLUMNS].reset_index(drop=True) for f in frames]
+    pd.testing.assert_frame_equal(quality[0], quality[1])        # timings aside, bit-identical
+
+
+
+def test_a_corrupt_png_fails_the_run_naming_the_file_and_leaves_no_result(tmp_path):
+    from PIL import Image
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(6):
+        Image.new("RGB", (32, 32), (40 * i, 10, 200)).save(images / f"ok_{i}.png")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
+    run = tmp_path / "run"
+    proc = run_bench(*TINY_RUN, "data=folder", f"data.root={images}", "data.n=7", f"hydra.run.dir={run}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "broken.png" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (run / "results.csv").exists() and not (run / "results.parquet").exists()
+    if (run / "manifest.json").exists():
+        assert json.loads((run / "manifest.json").read_text())["status"] != "complete"

@@ -78,6 +78,16 @@ def test_kl_autoencoder_encode_is_posterior_mode_times_scale() -> None:
     assert out.regularization.ndim == 0 and float(out.regularization) > 0
 
 
+def test_logvar_init_starts_the_kl_posterior_narrow() -> None:
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        wide = tiny("kl").posterior(x)
+        narrow = tiny("kl", logvar_init=-6.0).posterior(x)
+    torch.testing.assert_close(narrow.mean, wide.mean)           # same weights; only the log-variance bias moves
+    torch.testing.assert_close(narrow.logvar, wide.logvar - 6.0 - tiny("kl").quant_conv.bias[3:].view(1, 3, 1, 1))
+    assert float(narrow.std.max()) < 0.1 < float(wide.std.min())
+
+
 def clustered(n: int, centres: torch.Tensor, spread: float = 0.01) -> torch.Tensor:
     g = torch.Generator().manual_seed(3)
     idx = torch.randint(0, len(centres), (n,), generator=g)

@@ -183,3 +183,53 @@ def test_the_sd_config_builds_through_the_loader(monkeypatch):
     pipe = build_pipeline(spec.family, spec.name, spec.checkpoint, **spec.params)
     assert isinstance(pipe, adapters.StableDiffusion) and pipe.info.name == "diffusers_sd"
     assert loaded == [(spec.params["model"], {"variant": None, "revision": None})]
+
+
+# -- through the whole runner: config -> Session -> smoke suite -> metrics -> results ---------
+def smoke_run(run_dir, pipeline: str, model: str):
+    """`bench.app.run` (what `python -m bench` runs after Hydra) of the smoke suite with the
+    smoke metrics on a tiny diffusers pipeline saved to `model`. CLIP score uses the project's
+    reference CLIP; it is left out (only) while that checkpoint is not shipped."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from bench.app import narrow_to_chosen_pipeline, run
+    from bench.config import register_schema, validate
+    from models.reference_clip import REFERENCE_CLIP_DIR
+    register_schema()
+    names = ["fid", "kid", "precision_recall", "speed"]
+    if (REFERENCE_CLIP_DIR / "model.safetensors").is_file():
+        names.insert(3, "clip_score")
+    overrides = [f"pipeline={pipeline}", f"pipeline.params.model={model}", "suite=smoke", "suite.n=8",
+                 "data.n=16", "sampler.steps=2", "hardware=cpu", "hardware.batch_size=4",
+                 f"metrics.names=[{','.join(names)}]", "metrics.kid_subsets=10", "metrics.kid_subset_size=4",
+                 "metrics.speed_repeats=1", "suite.params.speed_n=2", "quiet=true"]
+    with initialize_config_dir(str(Path(__file__).resolve().parent.parent / "conf"), version_base="1.3"):
+        raw = compose("config", overrides=overrides)
+    narrow_to_chosen_pipeline(raw, overrides)         # as `python -m bench pipeline=X` does
+    return run(validate(raw), raw, run_dir), "clip_score" in names
+
+
+@pytest.mark.parametrize("kind", ["sd", "dit"])
+def test_tiny_random_pipelines_run_through_the_smoke_metrics(kind, tmp_path):
+    import json
+    import math
+    folder = tmp_path / f"tiny-{kind}"
+    (tiny_stable_diffusion() if kind == "sd" else tiny_dit()).save_pretrained(folder)
+    pipeline = {"sd": "diffusers_sd", "dit": "diffusers_dit"}[kind]
+    frame, with_clip = smoke_run(tmp_path / "run", pipeline, str(folder))
+
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert set(frame.pipeline) == {pipeline} and set(frame.family) == {"external"}
+    values = frame.set_index("metric").value
+    quality = {"fid", "kid", "precision", "recall"} | ({"clip_score[shapes-clip]"} if kind == "sd" and with_clip else set())
+    assert quality | {"images_per_s", "nfe_per_image", "peak_memory_mib"} <= set(values.index), sorted(values.index)
+    assert (frame[frame.metric.isin(quality)].n == 8).all()
+    assert all(math.isfinite(values[m]) for m in quality) and values["fid"] > 0
+    assert values["nfe_per_image"] == 2.0 and values["images_per_s"] > 0    # 2 steps, no CFG at guidance 1
+    stages = {"sd": {"text_encoder", "base", "decoder"}, "dit": {"base", "decoder"}}[kind]
+    assert {m[len("stage_s_per_image["):-1] for m in values.index if m.startswith("stage_s_per_image[")} == stages
+    store = tmp_path / "run" / "samples" / pipeline / "default"
+    assert (store / "shards" / "shard-000000.npz").is_file() and not (store / "parts").exists()

@@ -86,3 +86,32 @@ def test_merged_rank_states_equal_a_single_process():
         if value.ci_low is not None:
             assert got[name].ci_low == pytest.approx(value.ci_low, rel=1e-6, abs=1e-9), name
     assert ranks[0].kept.capped and ranks[0].kept.seen == 60 and ranks[0].kept.kept == 50
+
+
+def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path, tmp_path_factory):
+    """`torchrun --nproc_per_node=2 -m bench` on CPU (gloo): the same FID/KID/PR within 1e-6
+    as one process, and byte-identical sample shards; rank 0 alone writes the results."""
+    from bench.store import SampleStore
+    from bench_runs import TINY, bench, manifest, quality, shard_bytes, single_run
+    sharded = tmp_path / "sharded"
+    bench(sharded, *TINY, nproc=2)   # before the single run: unless an earlier test cached them, rank 0
+    #                                  computes the reference statistics while rank 1 waits at the barrier
+    single = single_run(tmp_path_factory.getbasetemp())
+
+    assert manifest(sharded)["status"] == "complete" and manifest(sharded)["device"]["world_size"] == 2
+    assert manifest(single)["device"]["world_size"] == 1
+    one, two = quality(single), quality(sharded)
+    assert list(two.index) == list(one.index) == ["fid", "kid", "precision", "recall"]
+    assert (two.n == 10).all() and (one.n == 10).all()
+    assert one.value["kid"] > 0 and 0 < one.value["recall"] < 1, \
+        "recall is 0 or 1, so comparing it proves little: retune metrics.pr_k in tests/bench_runs.TINY"
+    for metric in one.index:
+        for column in ("value", "ci_low", "ci_high"):
+            a, b = one.at[metric, column], two.at[metric, column]
+            assert (np.isnan(a) and np.isnan(b)) or b == pytest.approx(a, rel=1e-6, abs=1e-12), (metric, column)
+
+    assert shard_bytes(sharded) and shard_bytes(sharded) == shard_bytes(single)
+    store = SampleStore.open(sharded / "samples" / "pixel_ddpm" / "default")
+    assert store.completed() == list(range(10)) and not (store.root / "parts").exists()
+    assert sorted(p.name for p in sharded.iterdir() if p.name.startswith("results")) == \
+        ["results.csv", "results.parquet"]

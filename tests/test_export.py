@@ -67,3 +67,21 @@ def test_cli_and_its_errors(tmp_path, capsys):
     assert main([str(tmp_path / "empty"), str(tmp_path / "out3.npz")]) == 2
     with pytest.raises(ValueError, match="no samples"):
         export_npz(SampleStore(tmp_path / "nothing", {}), tmp_path / "out4.npz")
+
+
+def test_fid_of_the_exported_adm_npz_equals_the_run(tmp_path, tmp_path_factory):
+    """The project's own run, exported to ADM npz and evaluated as `pipeline=external_npz`,
+    gives the same FID (and KID, precision, recall) as the run itself."""
+    from bench_runs import TINY, bench, quality, single_run
+    run = single_run(tmp_path_factory.getbasetemp())
+    npz = export_npz(run, tmp_path / "samples.npz")
+    with np.load(npz) as data:
+        assert data["arr_0"].shape == (10, 32, 32, 3) and data["arr_1"].tolist() == [i % 8 for i in range(10)]
+    external = tmp_path / "external"
+    bench(external, *[o for o in TINY if not o.startswith("pipeline=")], "pipeline=external_npz",
+          f"pipeline.params.path={npz}")
+    direct, exported = quality(run), quality(external)
+    assert list(exported.index) == list(direct.index) and (exported.n == 10).all()
+    assert exported.at["fid", "value"] == pytest.approx(direct.at["fid", "value"], rel=1e-9)
+    for metric in ("kid", "precision", "recall"):
+        assert exported.at[metric, "value"] == pytest.approx(direct.at[metric, "value"], rel=1e-9, abs=1e-12)

@@ -83,3 +83,30 @@ def test_thresholding_wraps_the_guided_x0() -> None:
     assert isinstance(wrapped, Thresholded)
     with pytest.raises(ValueError, match="thresholding"):
         Thresholded(den, "soft")
+
+
+@pytest.mark.parametrize("percentile", [0.5, 0.9, 0.995, 1.0])
+def test_dynamic_threshold_never_leaves_the_unit_range(percentile: float) -> None:
+    """Heavy tails, single huge outliers, constant and near-boundary images, in one batch."""
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.cat([
+        torch.randn(8, 3, 8, 8, generator=g) * 50,                          # far out of range
+        torch.distributions.StudentT(1.0).sample((8, 3, 8, 8)),             # Cauchy tails
+        torch.zeros(2, 3, 8, 8),                                            # one huge value (below)
+        torch.full((2, 3, 8, 8), -7.0),                                     # constant, outside
+        torch.full((2, 3, 8, 8), 1.0),                                      # exactly at the bound
+    ])
+    x0[-6, 0, 0, 0], x0[-5, 2, 7, 7] = 1e6, -1e6
+    out = dynamic_threshold(x0, percentile)
+    assert out.abs().max().item() <= 1.0
+    assert torch.equal(out[-2:], x0[-2:])                                   # s = 1: identity
+    assert torch.allclose(out[-4:-2], torch.full_like(out[-4:-2], -1.0))    # s = 7: -7 / 7
+
+
+def test_scale_one_needs_no_unconditional_input_and_zero_is_unconditional() -> None:
+    den = RecordingDenoiser()
+    x, sigma = torch.randn(3, 2), torch.ones(3)
+    y, null = torch.full((3,), 2), torch.zeros(3, dtype=torch.long)
+    assert torch.allclose(ClassifierFreeGuidance(den, 1.0, {"y": y}, None)(x, sigma), 3 * x)
+    assert torch.allclose(ClassifierFreeGuidance(den, 0.0, {"y": y}, {"y": null})(x, sigma), x)
+    assert den.batches == [3, 6]

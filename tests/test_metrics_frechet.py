@@ -42,6 +42,24 @@ def test_matches_scipy_sqrtm_formula(d: int) -> None:
     assert ours == pytest.approx(reference, rel=1e-6)
 
 
+def test_matches_scipy_sqrtm_formula_at_2048_dimensions_from_few_samples() -> None:
+    """d = 2048 in CI: with n < d samples the scipy-sqrtm formula can be evaluated exactly (and
+    fast) in sample space: S1 S2 = A^T (A B^T B) / (n-1)^2 has the nonzero spectrum of
+    (A B^T)(B A^T) / (n-1)^2 for centred A, B, so tr sqrtm(S1 S2) = tr sqrtm(that n x n matrix).
+    (The full-rank 2048-d case, n = 3d, is the slow test above: scipy's sqrtm takes minutes.)"""
+    a, b = gaussian_features(2048, 300, seed=7)
+    (mu1, s1), (mu2, s2) = stats(a), stats(b)
+    a0, b0 = a - mu1, b - mu2
+    cross = a0 @ b0.T
+    covmean = scipy.linalg.sqrtm(cross @ cross.T / (len(a) - 1) ** 2)
+    diff = mu1 - mu2
+    reference = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real))
+    with pytest.warns(FrechetWarning, match="singular"):
+        result = frechet_distance(mu1, s1, mu2, s2)
+    assert result.value == pytest.approx(reference, rel=1e-6)
+    assert result.singular and result.fallback is None
+
+
 def test_identical_statistics_give_zero() -> None:
     a, _ = gaussian_features(128, 512, seed=1)
     mu, sigma = stats(a)

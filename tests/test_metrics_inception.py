@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.metrics.inception import (FeatureExtractorError, InceptionExtractor, SharedFeatures, build_inception,
-                                     resize_clean, resize_tf1)
+from bench.metrics.inception import (FeatureExtractorError, InceptionExtractor, SharedFeatures, TorchFidelityInception,
+                                     build_inception, resize_clean, resize_tf1)
 from bench.weights import ResolvedWeights, _package_dir
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "weights"
@@ -75,7 +75,7 @@ def test_state_dict_extractor_equals_torch_fidelity_forward(images: torch.Tensor
                                             feature_extractor_weights_path=str(fc_weights))
     with torch.inference_mode():
         pool, logits = reference(images)
-    # channels_last changes the order of float32 sums only
+    # channels_last and the folded BatchNorm change float32 rounding only
     torch.testing.assert_close(state_dict_features["2048"], pool, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(state_dict_features["logits_unbiased"], logits, atol=1e-3, rtol=1e-5)
 
@@ -141,3 +141,24 @@ def test_shared_features_run_the_network_once_per_batch() -> None:
     assert shared(batch) is first and len(calls) == 1     # FID, KID, PR, IS all read this pass
     shared(batch.clone())
     assert len(calls) == 2 and shared.passes == 2
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (1, 3, 17, 45), (1, 3, 512, 300), (1, 3, 299, 299)])
+def test_tf1_resize_is_bit_exact_with_torch_fidelity(shape: tuple[int, ...]) -> None:
+    """Our separable resize vs torch-fidelity's exact ("slow") TF1 bilinear: up, down, mixed, identity."""
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+    images = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(sum(shape)), dtype=torch.uint8)
+    expected = interpolate_bilinear_2d_like_tensorflow1x(images.float(), size=(299, 299), align_corners=False)
+    assert torch.equal(resize_tf1(images), expected)
+
+
+@needs_shared
+def test_batchnorm_is_folded_into_every_convolution() -> None:
+    """All 94 BasicConv2d blocks of the Inception-v3 lose their BatchNorm (folded for speed);
+    that the function is unchanged is checked against torch-fidelity above."""
+    state = torch.load(NOFC, map_location="cpu", weights_only=True)
+    folded = TorchFidelityInception(state)
+    plain = TorchFidelityInception(state, fold_batchnorm=False)
+    count = lambda net: sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())   # noqa: E731
+    assert count(plain) == 94 and count(folded) == 0
+    assert all(m.bias is not None for m in folded.modules() if isinstance(m, torch.nn.Conv2d))

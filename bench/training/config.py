@@ -13,6 +13,7 @@ from bench.config import ConfigError, DataConfig, HardwareConfig, PipelineConfig
 @dataclass
 class TrainingConfig:
     steps: int = 2000
+    max_seconds: float = 0.0            # wall-time budget (training time summed over resumes); 0 = off
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -41,6 +42,7 @@ class TrainingConfig:
         _require(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _require(0 <= self.p_uncond < 1, "train.p_uncond", f"must be in [0, 1), got {self.p_uncond}")
         _require(self.threads >= 0, "train.threads", "must be >= 0")
+        _require(self.max_seconds >= 0, "train.max_seconds", "must be >= 0 (0 = off)")
 
 
 @dataclass

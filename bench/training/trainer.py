@@ -95,7 +95,11 @@ def train(cfg: TrainRunConfig, run_dir: Path) -> dict[str, Any]:
                 "parameters": n_params, "device": str(device), "batch_size": tc.batch_size}
 
     networks.train()
+    done, saved = start, start
     for step in range(start, tc.steps):
+        if tc.max_seconds and elapsed_before + time.perf_counter() - t0 >= tc.max_seconds:
+            log.info("wall-time budget train.max_seconds=%g reached after %d steps", tc.max_seconds, step)
+            break
         for group in optimizer.param_groups:
             group["lr"] = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
         raw = drop_conditions(batches.batch(step), tc.p_uncond, generator)
@@ -123,10 +127,16 @@ def train(cfg: TrainRunConfig, run_dir: Path) -> dict[str, Any]:
         if done % tc.checkpoint_every == 0 or done == tc.steps:
             save_state(run_dir, done, networks=networks, ema=ema, optimizer=optimizer, generator=generator,
                        config=config, meta=meta(), keep=tc.keep_checkpoints)
+            saved = done
     bar.close()
+    if done > saved:   # stopped by the wall-time budget between checkpoints
+        if window:
+            loss_log.append([done, sum(window) / len(window)])
+        save_state(run_dir, done, networks=networks, ema=ema, optimizer=optimizer, generator=generator,
+                   config=config, meta=meta(), keep=tc.keep_checkpoints)
 
     final = list_checkpoints(run_dir)[-1] if list_checkpoints(run_dir) else None
-    summary = {"pipeline": cfg.pipeline.name, "family": cfg.pipeline.family, "steps": max(start, tc.steps),
+    summary = {"pipeline": cfg.pipeline.name, "family": cfg.pipeline.family, "steps": done,
                "final_loss": loss_log[-1][1] if loss_log else math.nan, "checkpoint": str(final),
                **meta()}
     if tc.export:
