@@ -136,7 +136,7 @@ def main(argv: Sequence[str]) -> None:
     """key=value arguments: pipeline (conf/pipeline name), n, steps, guidance, seed, batch_size,
     prompts ("a red circle|a blue square"), out (JSON path), grid (PNG path), images (a .pt file:
     samples are loaded from it if it exists, else generated and saved there), clip=0 (samples only),
-    thresholding, and prior_steps / prior_guidance for unCLIP."""
+    sr=0 (unCLIP without its SR stage), thresholding, and prior_steps / prior_guidance for unCLIP."""
     import json
     from pathlib import Path
 
@@ -148,7 +148,10 @@ def main(argv: Sequence[str]) -> None:
     torch.set_num_threads(int(args.get("threads", 1)))
     spec = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "pipeline" /
                                                  f"{args['pipeline']}.yaml"))
-    pipe = build_pipeline(spec["family"], spec["name"], spec.get("checkpoint"), **spec.get("params", {}))
+    params = dict(spec.get("params") or {})
+    if args.get("sr") == "0":                # unCLIP: the decoder's output, without the SR stage
+        params["super_resolution"] = {}
+    pipe = build_pipeline(spec["family"], spec["name"], spec.get("checkpoint"), **params)
     request: dict[str, Any] = {"steps": int(args.get("steps", 25)), "guidance_scale": float(args.get("guidance", 3.0)),
                                "batch_size": int(args.get("batch_size", 32)),
                                "thresholding": args.get("thresholding", "none")}
@@ -160,6 +163,7 @@ def main(argv: Sequence[str]) -> None:
     cached = Path(args["images"]) if "images" in args else None     # samples saved by an earlier run
     if cached is not None and cached.exists():
         images = torch.load(cached, weights_only=True)
+        request = {"note": f"samples loaded from {cached}; the request that made them is not recorded"}
     else:
         images = {p: generate(pipe, p, n, int(args.get("seed", 0)), **request) for p in prompts}
         if cached is not None:

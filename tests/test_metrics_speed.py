@@ -51,7 +51,7 @@ def test_rows_nfe_and_stage_shares() -> None:
     assert rows["nfe_per_image"].value == 9.0
     shares = rows["stage_share[base]"].value + rows["stage_share[decoder]"].value
     assert shares == pytest.approx(1.0, abs=0.05)
-    assert 0.5 < rows["stage_share[base]"].value < 0.85
+    assert 0.45 < rows["stage_share[base]"].value < 0.9      # sleeps stretch under load
     ips, spi = rows["images_per_s"], rows["s_per_image"]
     assert ips.ci_low <= ips.value <= ips.ci_high and spi.ci_low <= spi.value <= spi.ci_high
     assert ips.value == pytest.approx(1 / spi.value, rel=0.3)
