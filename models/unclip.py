@@ -282,6 +282,20 @@ def clip_dimensions(clip: ClipEmbedder) -> dict[str, int]:
             "text_length": int(clip.text_encoder.max_length)}
 
 
+def new_config(params: dict[str, Any], seed: int) -> tuple[dict[str, Any], Any]:
+    """(config, clip) of a fresh unCLIP from ARCH_PARAMS; the CLIP (default shapes-clip) is
+    recorded with its sha256. Seeds torch for the network initialisation that follows."""
+    unknown = set(params) - set(ARCH_PARAMS)
+    if unknown:
+        raise ValueError(f"unclip params {sorted(unknown)} are unknown; known: {list(ARCH_PARAMS)}")
+    clip_spec = dict(params.pop("clip", {"name": REFERENCE_CLIP_NAME}))
+    clip = load_clip(clip_spec)
+    if getattr(clip, "sha256", None):
+        clip_spec["sha256"] = clip.sha256
+    torch.manual_seed(seed)
+    return unclip_config(clip=clip_spec, **clip_dimensions(clip), **params), clip
+
+
 @register_family("unclip")
 def build(name: str, checkpoint: Path | None, **params: Any) -> UnclipPipeline:
     """With a checkpoint: its config (params: `untrained`, `init_seed`, `super_resolution` to swap
@@ -302,16 +316,8 @@ def build(name: str, checkpoint: Path | None, **params: Any) -> UnclipPipeline:
             config["super_resolution"] = dict(params["super_resolution"] or {})
         clip = load_clip(config["clip"])
     else:
-        unknown = set(params) - set(ARCH_PARAMS) - {"untrained"}
-        if unknown:
-            raise ValueError(f"unclip params {sorted(unknown)} are unknown; known: {list(ARCH_PARAMS)}")
         params.pop("untrained", None)
-        clip_spec = dict(params.pop("clip", {"name": REFERENCE_CLIP_NAME}))
-        clip = load_clip(clip_spec)
-        if getattr(clip, "sha256", None):
-            clip_spec["sha256"] = clip.sha256
-        torch.manual_seed(seed)
-        config = unclip_config(clip=clip_spec, **clip_dimensions(clip), **params)
+        config, clip = new_config(params, seed)
         networks = build_networks(config)
     cascade = build_super_resolution(config.get("super_resolution") or {})
     return UnclipPipeline(name, config, networks, clip, cascade)
@@ -325,16 +331,7 @@ def make_trainable(name: str, params: Mapping[str, Any], *, resolution: int, num
     params = dict(params)
     drops = {k: float(params.pop(k)) for k in ("p_drop_image", "p_drop_text") if k in params}
     params.pop("untrained", None)
-    seed = int(params.pop("init_seed", 0))
-    unknown = set(params) - set(ARCH_PARAMS)
-    if unknown:
-        raise ValueError(f"unclip params {sorted(unknown)} are unknown; known: {list(ARCH_PARAMS)}")
-    clip_spec = dict(params.pop("clip", {"name": REFERENCE_CLIP_NAME}))
-    clip = load_clip(clip_spec)
-    if getattr(clip, "sha256", None):
-        clip_spec["sha256"] = clip.sha256
-    torch.manual_seed(seed)
-    config = unclip_config(clip=clip_spec, **clip_dimensions(clip), **params)
+    config, clip = new_config(params, int(params.pop("init_seed", 0)))
     if resolution < config["decoder_resolution"]:
         raise ValueError(f"unclip decoder trains at {config['decoder_resolution']} px but the data is {resolution} px; "
                          f"set data.resolution >= {config['decoder_resolution']}")

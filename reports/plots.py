@@ -27,6 +27,16 @@ _DPI = 100
 _SAVE = {"dpi": _DPI, "metadata": {"Software": None}}  # no version string: same bytes across installs
 
 
+def _save(fig: Any, ax: Any, path: str | Path) -> Path:
+    """Grid, legend, tight layout; write the figure (parent folders made) and return its path."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, **_SAVE)
+    return Path(path)
+
+
 def parse_spec(text: str, what: str) -> tuple[str, str]:
     """'fid:guidance_scale' -> ('fid', 'guidance_scale'). Splits at the first colon outside
     brackets, so model-tagged names such as clip_score[hf-hub:org/model] survive."""
@@ -132,12 +142,7 @@ def plot_metric_vs_axis(frame: pd.DataFrame, metric: str, axis: str, path: Path)
     ax.set_xlabel(axis)
     ax.set_ylabel(_label(metric, _unit(sub, metric)))
     ax.set_title(f"{metric} vs {axis}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, **_SAVE)
-    return Path(path)
+    return _save(fig, ax, path)
 
 
 def pareto_front(xs: Sequence[float], ys: Sequence[float], dir_x: str, dir_y: str) -> list[int]:
@@ -209,12 +214,7 @@ def plot_pareto(frame: pd.DataFrame, metric_x: str, metric_y: str, path: Path) -
     best = f"best: {'left' if dir_x == LOWER else 'right'}, {'bottom' if dir_y == LOWER else 'top'}"
     labels = f"; labels: {', '.join(label_axes)}" if label_axes else ""
     ax.set_title(f"{metric_y} vs {metric_x} ({best}{labels})", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, **_SAVE)
-    return Path(path)
+    return _save(fig, ax, path)
 
 
 def plot_overview(frame: pd.DataFrame, path: Path) -> Path:

@@ -36,3 +36,13 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """Reference-statistics caches go to a per-session temp dir, never the user's home."""
     cache = tmp_path_factory.getbasetemp() / "diffbench-cache"
     monkeypatch.setenv("DIFFBENCH_CACHE", str(cache))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's
+    spinning threads made them many times slower. Use with pytest.mark.usefixtures."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

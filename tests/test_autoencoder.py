@@ -13,13 +13,7 @@ from models.autoencoder_loss import AutoencoderLoss, AutoencoderLossConfig, Patc
 from models.autoencoder_regularizers import DiagonalGaussian, VectorQuantizer, codebook_usage
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run faster on one thread than on two on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(regularizer: str = "kl", f: int = 4, c: int = 3, **kw) -> Autoencoder:

@@ -24,14 +24,7 @@ WORDS = "a an the red blue green circle square star small large on at of left ri
 PROMPTS = ["a red circle", "the large blue square on the left", "a small star"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's
-    spinning threads made these calls ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_tokenizer(max_length: int = 16):

@@ -12,7 +12,9 @@ transformers = pytest.importorskip("transformers")
 from models.diffusers_adapters import wrap_diffusers  # noqa: E402
 from models.interface import RequestError, SampleRequest  # noqa: E402
 from models.registry import build_pipeline  # noqa: E402
-from test_diffusers import PROMPTS, _one_thread, assert_same_samples, images_of, tiny_tokenizer  # noqa: E402,F401
+from test_diffusers import PROMPTS, assert_same_samples, images_of, tiny_tokenizer  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_if_unet(size: int, super_resolution: bool):

@@ -8,12 +8,7 @@ from models.dit import (BLOCKS, DIT_PRESETS, DiT, DiTBlock, count_parameters, di
                         sincos_pos_embed)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**kw) -> DiT:

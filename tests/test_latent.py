@@ -21,12 +21,7 @@ TINY_UNET = {"base_channels": 16, "channel_mults": [1, 2], "attention_resolution
 TINY_DIT = {"hidden_size": 32, "depth": 2, "num_heads": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def latent_unet(**kw):

@@ -12,12 +12,7 @@ TINY_UNET = dict(base_channels=8, channel_mults=[1, 2], attention_resolutions=[4
 PARAMS = dict(resolution=8, num_classes=3, unet=TINY_UNET, num_timesteps=100)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,7 @@ from models.samplers import SAMPLERS, prior_sample, sample_ddim, sample_ddpm, sa
 SCHEDULE = VPSchedule.from_name("linear", 1000)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class FastNoise:

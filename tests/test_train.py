@@ -24,12 +24,7 @@ TINY_MODEL = {"unet": {"base_channels": 8, "channel_mults": [1, 2], "attention_r
                        "norm_groups": 4}, "num_timesteps": 100}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config(steps: int, family: str = "pixel", **train_kw) -> TrainRunConfig:

@@ -25,12 +25,7 @@ SR = {"params": {"resolutions": [8, 16], "num_timesteps": 100,
 PROMPTS = ["a red circle", "a blue square", "a large green star at the top left on a white background"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def wake(pipe):
