@@ -95,11 +95,11 @@ def train(cfg: TrainRunConfig, run_dir: Path) -> dict[str, Any]:
                 "parameters": n_params, "device": str(device), "batch_size": tc.batch_size}
 
     networks.train()
-    done, saved = start, start
-    for step in range(start, tc.steps):
-        if tc.max_seconds and elapsed_before + time.perf_counter() - t0 >= tc.max_seconds:
-            log.info("wall-time budget train.max_seconds=%g reached after %d steps", tc.max_seconds, step)
-            break
+    def out_of_time() -> bool:
+        return bool(tc.max_seconds) and elapsed_before + time.perf_counter() - t0 >= tc.max_seconds
+
+    done = start
+    for step in range(start, start if out_of_time() else tc.steps):
         for group in optimizer.param_groups:
             group["lr"] = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
         raw = drop_conditions(batches.batch(step), tc.p_uncond, generator)
@@ -120,20 +120,19 @@ def train(cfg: TrainRunConfig, run_dir: Path) -> dict[str, Any]:
         bar.update(1)
         bar.set_postfix(loss=f"{sum(window[-20:]) / len(window[-20:]):.4f}")
         done = step + 1
-        if done % tc.log_every == 0 or done == tc.steps:
+        timed_out = out_of_time()
+        last = done == tc.steps or timed_out      # the last step is always logged and checkpointed
+        if done % tc.log_every == 0 or last:
             loss_log.append([done, sum(window) / len(window)])
             log.info("step %d loss %.5f", done, loss_log[-1][1])
             window = []
-        if done % tc.checkpoint_every == 0 or done == tc.steps:
+        if done % tc.checkpoint_every == 0 or last:
             save_state(run_dir, done, networks=networks, ema=ema, optimizer=optimizer, generator=generator,
                        config=config, meta=meta(), keep=tc.keep_checkpoints)
-            saved = done
+        if timed_out:
+            log.info("wall-time budget train.max_seconds=%g reached after %d steps", tc.max_seconds, done)
+            break
     bar.close()
-    if done > saved:   # stopped by the wall-time budget between checkpoints
-        if window:
-            loss_log.append([done, sum(window) / len(window)])
-        save_state(run_dir, done, networks=networks, ema=ema, optimizer=optimizer, generator=generator,
-                   config=config, meta=meta(), keep=tc.keep_checkpoints)
 
     final = list_checkpoints(run_dir)[-1] if list_checkpoints(run_dir) else None
     summary = {"pipeline": cfg.pipeline.name, "family": cfg.pipeline.family, "steps": done,
