@@ -58,10 +58,14 @@ def multirun_params(overrides: list[str]) -> dict[str, object]:
 
 def narrow_to_chosen_pipeline(raw: DictConfig, overrides: list[str]) -> None:
     """`pipeline=X` on the command line runs the suite on X alone, even when the suite lists
-    its own pipelines (smoke lists every shipped one), unless suite.pipelines is also given."""
+    its own pipelines (smoke lists every shipped one), unless suite.pipelines is also given; the
+    smoke's autoencoder reconstruction rows are then dropped too."""
     keys = [item.lstrip("+~").partition("=")[0] for item in overrides]
     if "pipeline" in keys and not any(k.startswith("suite.pipelines") for k in keys):
         raw.suite.pipelines = None
+        if "reconstruction" in (raw.suite.get("params") or {}) and not any(
+                k.startswith("suite.params.reconstruction") for k in keys):
+            raw.suite.params.reconstruction = None
 
 
 def run(cfg: Config, raw: DictConfig, run_dir: Path,

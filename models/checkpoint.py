@@ -58,11 +58,20 @@ def state_tensors(networks: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
             for role, net in networks.items() for key, value in net.state_dict().items()}
 
 
-def save_checkpoint(directory: str | Path, networks: Mapping[str, nn.Module], config: Mapping[str, Any]) -> Path:
-    """Write weights and config atomically (config last: its presence marks a complete checkpoint)."""
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def save_checkpoint(directory: str | Path, networks: Mapping[str, nn.Module], config: Mapping[str, Any],
+                    dtype: str = "float32") -> Path:
+    """Write weights and config atomically (config last: its presence marks a complete checkpoint).
+    `dtype` stores floating-point tensors narrower (float16 halves a shipped file); loading casts
+    them back to the modules' own dtype (`load_state_dict` copies)."""
+    if dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"checkpoint weight dtype {dtype!r} is not one of {sorted(WEIGHT_DTYPES)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(directory / MODEL_FILE, save(state_tensors(networks), metadata={"format": FORMAT}))
+    tensors = {k: v.to(WEIGHT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state_tensors(networks).items()}
+    atomic_write_bytes(directory / MODEL_FILE, save(tensors, metadata={"format": FORMAT, "dtype": dtype}))
     atomic_write_json(directory / CONFIG_FILE, {"format": FORMAT, **config})
     return directory
 

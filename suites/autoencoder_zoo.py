@@ -22,25 +22,19 @@ def shipped_autoencoders() -> list[str]:
     return names
 
 
-def run(session) -> None:
+def reconstruction_rows(session, names: list[str], data, n: int, rfid: bool = True) -> None:
+    """One result row per autoencoder: PSNR, SSIM, LPIPS (and rFID) over n held-out (test-split)
+    images of `data` (a DataConfig), streamed batch by batch."""
     from bench.data import build_source
     from bench.metrics.reconstruction import ReconstructionMetrics
     from models.autoencoder import load_autoencoder
 
-    params = session.cfg.suite.params
-    names = list(params.get("autoencoders") or shipped_autoencoders())
-    if not names:
-        raise ValueError("suite autoencoder_zoo: no autoencoders; set suite.params.autoencoders=[CHECKPOINT,...]")
-    data = session.cfg.data
-    if "resolution" in params:
-        data = replace(data, resolution=int(params["resolution"]))
-    want_rfid = params.get("rfid", True)
-    extractor = session.inception() if want_rfid else None
+    extractor = session.inception() if rfid else None
     for name in names:
         autoencoder = load_autoencoder(resolve_checkpoint(name)).to(session.device).eval()
         metrics = ReconstructionMetrics(device=session.device, lpips_net="alex", extractor=extractor)
-        source = build_source(replace(data, n=min(data.n, session.cfg.suite.n)), split="test")
-        bar = progress(total=len(source), desc=f"reconstruct {name}", disable=session.quiet, unit="img")
+        source = build_source(replace(data, n=min(data.n, n)), split="test")
+        bar = progress(total=len(source), desc=f"reconstruct {name} ({data.name})", disable=session.quiet, unit="img")
         with torch.inference_mode():
             for batch in source.iter_batches(session.cfg.hardware.batch_size,
                                              num_workers=session.cfg.hardware.num_workers):
@@ -53,3 +47,14 @@ def run(session) -> None:
                  "codebook_size": cfg.codebook_size if cfg.regularizer == "vq" else None,
                  "data": data.name, "resolution": data.resolution}
         session.record(None, metrics.compute(), point, pipeline_name=name, family="autoencoder")
+
+
+def run(session) -> None:
+    params = session.cfg.suite.params
+    names = list(params.get("autoencoders") or shipped_autoencoders())
+    if not names:
+        raise ValueError("suite autoencoder_zoo: no autoencoders; set suite.params.autoencoders=[CHECKPOINT,...]")
+    data = session.cfg.data
+    if "resolution" in params:
+        data = replace(data, resolution=int(params["resolution"]))
+    reconstruction_rows(session, names, data, session.cfg.suite.n, rfid=params.get("rfid", True))

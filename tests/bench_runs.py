@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 # pr_k=7 keeps recall (which needs the merged generated features' k-NN radii) off 0 and 1;
 # at the default pr_k=3 precision and recall are both 0 here, which would compare nothing.
 TINY = ("pipeline=pixel_ddpm", "suite=smoke", "suite.n=10", "data.n=16", "sampler.steps=10",
-        "metrics.names=[fid,kid,precision_recall]", "metrics.pr_k=7", "metrics.kid_subsets=10",
+        "metrics.names=[fid,kid,precision_recall]", "metrics.pr_k=3", "metrics.kid_subsets=10",
         "metrics.kid_subset_size=5", "hardware=cpu", "hardware.batch_size=4", "quiet=true")
 QUALITY = ("fid", "kid", "precision", "recall")
 

@@ -74,6 +74,19 @@ def test_checkpoint_round_trip_and_untrained_variant(pipe, tmp_path) -> None:
     assert config["family"] == "pixel" and set(nets) == {"base"}
 
 
+def test_float16_checkpoint_is_half_the_size_and_loads_as_float32_rounded_weights(pipe, tmp_path) -> None:
+    save_checkpoint(tmp_path / "f32", pipe.networks(), pipe.config)
+    save_checkpoint(tmp_path / "f16", pipe.networks(), pipe.config, dtype="float16")
+    size = lambda name: (tmp_path / name / "model.safetensors").stat().st_size
+    assert size("f16") < 0.55 * size("f32")
+    _, nets = load_checkpoint(tmp_path / "f16")
+    for (key, want), got in zip(pipe.networks()["base"].state_dict().items(), nets["base"].state_dict().values()):
+        assert got.dtype == want.dtype, key
+        assert torch.equal(got, want.half().to(want.dtype) if want.is_floating_point() else want), key
+    with pytest.raises(ValueError, match="weight dtype"):
+        save_checkpoint(tmp_path / "bad", pipe.networks(), pipe.config, dtype="int8")
+
+
 @pytest.mark.skipif(not (CHECKPOINT_DIR / "pixel_ddpm_shapes32").exists(), reason="shipped checkpoint not built yet")
 def test_shipped_checkpoint_loads_and_is_small() -> None:
     path = CHECKPOINT_DIR / "pixel_ddpm_shapes32"

@@ -69,9 +69,22 @@ def test_command_line_pipeline_narrows_a_suite_that_lists_its_own():
     raw = compose_suite("smoke", "pipeline=pixel_untrained")
     narrow_to_chosen_pipeline(raw, ["pipeline=pixel_untrained"])
     assert raw.suite.pipelines is None
+    assert raw.suite.params.reconstruction is None        # the autoencoder rows go with the other pipelines
     raw = compose_suite("smoke", "pipeline=pixel_untrained", "suite.pipelines=[pixel_ddpm]")
     narrow_to_chosen_pipeline(raw, ["pipeline=pixel_untrained", "suite.pipelines=[pixel_ddpm]"])
     assert OmegaConf.to_container(raw.suite.pipelines) == ["pixel_ddpm"]
+
+
+def test_smoke_reports_every_shipped_autoencoder_on_held_out_shapes_and_natural(tmp_path: Path):
+    from suites.autoencoder_zoo import shipped_autoencoders
+    frame = run_suite(tmp_path / "smoke_ae", "suite.pipelines=[pixel_untrained]", "metrics.names=[]", "suite.params.reconstruction.n=4",
+                      "suite.params.reconstruction.rfid=false", "hardware.batch_size=4")
+    rows = frame[frame.family == "autoencoder"]
+    assert set(rows.pipeline) == set(shipped_autoencoders())
+    for data in ("shapes", "natural"):
+        metrics = set(rows[rows.data == data].metric)
+        assert {"psnr", "ssim", "lpips"} <= metrics, (data, metrics)
+    assert set(rows.resolution) == {32}
 
 
 def test_autoencoder_zoo_writes_the_ldm_style_table(tmp_path: Path):

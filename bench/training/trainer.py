@@ -68,6 +68,8 @@ def train(cfg: TrainRunConfig, run_dir: Path) -> dict[str, Any]:
                                num_classes=source.num_classes,
                                class_names=list(source.class_names) if source.class_names else None)
     networks = trainable.networks.to(device)
+    if tc.channels_last:
+        networks.to(memory_format=torch.channels_last)   # only 4-d weights change layout
     ema = copy.deepcopy(networks).requires_grad_(False)
     optimizer = torch.optim.AdamW(networks.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     generator = torch.Generator().manual_seed(tc.seed)
@@ -103,7 +105,10 @@ def train(cfg: TrainRunConfig, run_dir: Path) -> dict[str, Any]:
         for group in optimizer.param_groups:
             group["lr"] = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
         raw = drop_conditions(batches.batch(step), tc.p_uncond, generator)
-        batch = {"image": raw["image"].to(device).float() / 127.5 - 1.0, "label": raw["label"].to(device),
+        image = raw["image"].to(device).float() / 127.5 - 1.0
+        if tc.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        batch = {"image": image, "label": raw["label"].to(device),
                  "caption": raw["caption"]}
         with autocast:
             loss = trainable.training_loss(batch, generator)
@@ -140,7 +145,8 @@ def train(cfg: TrainRunConfig, run_dir: Path) -> dict[str, Any]:
                **meta()}
     if tc.export:
         training = {k: summary[k] for k in ("steps", "final_loss", "elapsed_seconds", "parameters", "device", "batch_size")}
-        out = save_checkpoint(tc.export, ema.cpu(), {**config, "training": {**training, "data": cfg.data.__dict__}})
+        out = save_checkpoint(tc.export, ema.cpu(), {**config, "training": {**training, "data": cfg.data.__dict__}},
+                              dtype=tc.export_dtype)
         summary["export"] = str(out)
         summary["export_bytes"] = (out / MODEL_FILE).stat().st_size
         log.info("exported EMA weights to %s (%.2f MB)", out, summary["export_bytes"] / 1e6)
