@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional
 from hydra.core.config_store import ConfigStore
 
 from bench.config import ConfigError, DataConfig, HardwareConfig, PipelineConfig, _require
+from models.checkpoint import WEIGHT_DTYPES
 
 
 @dataclass
@@ -44,8 +45,8 @@ class TrainingConfig:
         _require(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _require(0 <= self.p_uncond < 1, "train.p_uncond", f"must be in [0, 1), got {self.p_uncond}")
         _require(self.threads >= 0, "train.threads", "must be >= 0")
-        _require(self.export_dtype in ("float32", "float16", "bfloat16"), "train.export_dtype",
-                 f"must be float32, float16 or bfloat16, got {self.export_dtype!r}")
+        _require(self.export_dtype in WEIGHT_DTYPES, "train.export_dtype",
+                 f"must be one of {sorted(WEIGHT_DTYPES)}, got {self.export_dtype!r}")
         _require(self.max_seconds >= 0, "train.max_seconds", "must be >= 0 (0 = off)")
 
 
