@@ -23,10 +23,11 @@ import torch.nn as nn
 
 from models.augment import (LEVEL_EMBED_DIM, ConditioningAugmentation, downsample, level_embedding,
                             noise_aug_sigma, upsample)
+from models.checkpoint import load_checkpoint
 from models.diffusion import DiffusionSpec, training_loss
 from models.interface import BatchContext, Pipeline, PipelineInfo, StageInfo
 from models.pixel import label_conditioning, load_family_networks, sample_stage
-from models.registry import register_family
+from models.registry import register_family, resolve_checkpoint
 from models.unet import unet_config
 
 
@@ -146,13 +147,23 @@ def build(name: str, checkpoint: Path | None, **params: Any) -> CascadedPipeline
 
 
 class CascadedTrainable:
-    """Trains every stage of the cascade jointly: loss = mean of the per-stage losses. Each SR stage
-    sees area-downsampled data, corrupted by its conditioning augmentation at a random level."""
+    """Trains the cascade's stages jointly: loss = mean of the trained stages' losses. Each SR stage
+    sees area-downsampled data, corrupted by its conditioning augmentation at a random level.
+    `train_stages` (default: all) trains a subset; the others stay frozen, e.g. a new SR stage
+    under an already trained base (Ho et al. 2022 train each stage of a cascade independently)."""
 
-    def __init__(self, config: dict[str, Any], networks: nn.ModuleDict) -> None:
+    def __init__(self, config: dict[str, Any], networks: nn.ModuleDict,
+                 train_stages: Sequence[str] | None = None) -> None:
         self.config = config
         self.networks = networks
         self.pipeline = CascadedPipeline("train", config, networks)
+        self.train_stages = list(self.pipeline.names if train_stages is None else train_stages)
+        unknown = set(self.train_stages) - set(self.pipeline.names)
+        if unknown or not self.train_stages:
+            raise ValueError(f"cascade train_stages={self.train_stages} must name some of its stages "
+                             f"{self.pipeline.names}")
+        for name in self.pipeline.names:
+            networks[name].requires_grad_(name in self.train_stages)
 
     def training_loss(self, batch: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor:
         p = self.pipeline
@@ -163,6 +174,8 @@ class CascadedTrainable:
         labels = batch["label"]
         losses = []
         for k, (name, res) in enumerate(zip(p.names, p.resolutions)):
+            if name not in self.train_stages:
+                continue
             net = self.networks[name]
             target = downsample(full, res) if full.shape[-1] != res else full
             kwargs: dict[str, Any] = {"y": labels} if net.config.num_classes is not None else {}
@@ -181,11 +194,35 @@ class CascadedTrainable:
         return self.config
 
 
+def init_frozen_stages(config: Mapping[str, Any], networks: nn.ModuleDict, stages: Sequence[str],
+                       init_from: str) -> None:
+    """Load `stages` from checkpoint `init_from`; each must have the same network and diffusion config."""
+    source = resolve_checkpoint(init_from)
+    source_config, source_networks = load_checkpoint(source)
+    for name in stages:
+        for part in ("networks", "diffusion"):
+            ours, theirs = config[part].get(name), source_config.get(part, {}).get(name)
+            if ours != theirs:
+                raise ValueError(f"cascade stage {name!r} is frozen but its {part} config differs from "
+                                 f"init_from={init_from!r} ({theirs} vs {ours}); make the recipe's "
+                                 f"architecture of {name!r} match the checkpoint, or train that stage too")
+        networks[name].load_state_dict(source_networks[name].state_dict())
+
+
 def make_trainable(name: str, params: Mapping[str, Any], *, resolution: int, num_classes: int | None,
                    class_names: list[str] | None) -> CascadedTrainable:
-    """Training entry (bench.train); class conditioning is on when the data has classes."""
+    """Training entry (bench.train); class conditioning is on when the data has classes.
+    `train_stages` + `init_from` train some stages and take the others from a trained checkpoint."""
     params = {k: v for k, v in dict(params).items() if k != "truncated"}
+    train_stages, init_from = params.pop("train_stages", None), params.pop("init_from", None)
     params.setdefault("num_classes", num_classes)
     params.setdefault("class_names", class_names)
     config, networks = load_family_networks("cascaded", None, params, cascade_config, CASCADE_ARCH_PARAMS)
-    return CascadedTrainable(config, networks)
+    trainable = CascadedTrainable(config, networks, train_stages)
+    frozen = [n for n in trainable.pipeline.names if n not in trainable.train_stages]
+    if frozen and init_from is None:
+        raise ValueError(f"cascade train_stages={trainable.train_stages} leaves {frozen} untrained: set "
+                         f"init_from to a trained cascaded checkpoint to take them from")
+    if frozen:
+        init_frozen_stages(config, networks, frozen, str(init_from))
+    return trainable

@@ -136,7 +136,8 @@ def main(argv: Sequence[str]) -> None:
     """key=value arguments: pipeline (conf/pipeline name), n, steps, guidance, seed, batch_size,
     prompts ("a red circle|a blue square"), out (JSON path), grid (PNG path), images (a .pt file:
     samples are loaded from it if it exists, else generated and saved there), clip=0 (samples only),
-    sr=0 (unCLIP without its SR stage), thresholding, and prior_steps / prior_guidance for unCLIP."""
+    sr=0 (unCLIP without its SR stage), thresholding, prior_steps / prior_guidance for unCLIP, and
+    checkpoint / sr_checkpoint (a directory, e.g. a training step) in place of the config's."""
     import json
     from pathlib import Path
 
@@ -151,7 +152,9 @@ def main(argv: Sequence[str]) -> None:
     params = dict(spec.get("params") or {})
     if args.get("sr") == "0":                # unCLIP: the decoder's output, without the SR stage
         params["super_resolution"] = {}
-    pipe = build_pipeline(spec["family"], spec["name"], spec.get("checkpoint"), **params)
+    elif "sr_checkpoint" in args:
+        params["super_resolution"] = {"checkpoint": args["sr_checkpoint"]}
+    pipe = build_pipeline(spec["family"], spec["name"], args.get("checkpoint", spec.get("checkpoint")), **params)
     request: dict[str, Any] = {"steps": int(args.get("steps", 25)), "guidance_scale": float(args.get("guidance", 3.0)),
                                "batch_size": int(args.get("batch_size", 32)),
                                "thresholding": args.get("thresholding", "none")}

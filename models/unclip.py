@@ -112,8 +112,10 @@ def unclip_config(*, clip: Mapping[str, Any], embed_dim: int, text_dim: int, tex
                   prior: Mapping[str, Any] | None = None, decoder: Mapping[str, Any] | None = None,
                   image_tokens: int = 4, decoder_text: bool = True, context_dim: int = 64,
                   super_resolution: Mapping[str, Any] | None = None, schedule: str = "cosine",
-                  num_timesteps: int = 1000) -> dict[str, Any]:
-    """A checkpoint config for a fresh unCLIP (dimensions come from the chosen CLIP)."""
+                  num_timesteps: int = 1000, decoder_prediction: str = "v") -> dict[str, Any]:
+    """A checkpoint config for a fresh unCLIP (dimensions come from the chosen CLIP). The decoder
+    predicts v by default (Salimans & Ho 2022): an eps-predicting 16 px decoder saturated under
+    guidance 3, because x0 = (x - sigma eps) / alpha amplifies eps errors at high noise."""
     prior_cfg = {"embed_dim": embed_dim, "text_dim": text_dim, "text_length": text_length,
                  "width": 128, "layers": 2, "heads": 4, **dict(prior or {})}
     unet = unet_config("tiny", **{"resolution": decoder_resolution, "context_dim": context_dim,
@@ -130,7 +132,7 @@ def unclip_config(*, clip: Mapping[str, Any], embed_dim: int, text_dim: int, tex
             "decoder": {"type": "unet", "config": unet.to_dict()},
         },
         "diffusion": {"prior": DiffusionSpec(schedule, num_timesteps, "x0").to_dict(),
-                      "decoder": DiffusionSpec(schedule, num_timesteps, "eps").to_dict()},
+                      "decoder": DiffusionSpec(schedule, num_timesteps, decoder_prediction).to_dict()},
     }
 
 
@@ -274,7 +276,7 @@ class StageDefaults:
 
 
 ARCH_PARAMS = ("clip", "decoder_resolution", "prior", "decoder", "image_tokens", "decoder_text", "context_dim",
-               "super_resolution", "schedule", "num_timesteps")
+               "super_resolution", "schedule", "num_timesteps", "decoder_prediction")
 
 
 def clip_dimensions(clip: ClipEmbedder) -> dict[str, int]:

@@ -9,6 +9,7 @@ import torch
 from models.augment import (ConditioningAugmentation, apply_noise_aug, downsample, gaussian_blur, noise_aug_sigma,
                             upsample)
 from models.cascaded import make_trainable
+from models.checkpoint import save_checkpoint
 from models.interface import SampleRequest
 from models.registry import CHECKPOINT_DIR, build_pipeline
 
@@ -116,6 +117,33 @@ def test_cascade_training_loss_covers_every_stage() -> None:
         assert net.out[2].weight.grad.abs().sum() > 0, role
     with pytest.raises(ValueError, match="data.resolution"):
         trainable.training_loss({**batch, "image": torch.zeros(4, 3, 8, 8)}, torch.Generator())
+
+
+def test_training_one_stage_keeps_the_others_from_a_trained_checkpoint(tmp_path) -> None:
+    """train_stages=[sr1] + init_from: the base comes bit-exactly from the checkpoint, gets no
+    gradient and no loss term; a frozen stage whose architecture differs is refused by name."""
+    trained = make_trainable("c", PARAMS, resolution=16, num_classes=3, class_names=None)
+    with torch.no_grad():
+        for prm in trained.networks["base"].parameters():
+            prm.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+    save_checkpoint(tmp_path / "ck", trained.networks, trained.config)
+    new_sr = {**PARAMS, "sr_unet": {"base_channels": 4, "norm_groups": 2}}
+    trainable = make_trainable("c", {**new_sr, "train_stages": ["sr1"], "init_from": str(tmp_path / "ck")},
+                               resolution=16, num_classes=3, class_names=None)
+    for key, value in trained.networks["base"].state_dict().items():
+        assert torch.equal(trainable.networks["base"].state_dict()[key], value), key
+    batch = {"image": torch.rand(4, 3, 16, 16) * 2 - 1, "label": torch.tensor([0, 1, -1, 2]), "caption": [""] * 4}
+    trainable.training_loss(batch, torch.Generator().manual_seed(0)).backward()
+    assert all(p.grad is None and not p.requires_grad for p in trainable.networks["base"].parameters())
+    assert trainable.networks["sr1"].out[2].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="init_from"):
+        make_trainable("c", {**new_sr, "train_stages": ["sr1"]}, resolution=16, num_classes=3, class_names=None)
+    with pytest.raises(ValueError, match="'base' is frozen but its networks config differs"):
+        make_trainable("c", {**new_sr, "unet": {**TINY_UNET, "base_channels": 4, "norm_groups": 2},
+                             "train_stages": ["sr1"], "init_from": str(tmp_path / "ck")},
+                       resolution=16, num_classes=3, class_names=None)
+    with pytest.raises(ValueError, match="train_stages"):
+        make_trainable("c", {**PARAMS, "train_stages": ["sr7"]}, resolution=16, num_classes=3, class_names=None)
 
 
 @pytest.mark.skipif(not (CHECKPOINT_DIR / "cascaded_shapes16_32").exists(), reason="shipped checkpoint not built yet")
