@@ -47,6 +47,17 @@ def test_score_is_100_times_clamped_cosine_with_a_ci() -> None:
     assert row.n == 4 and row.metric == "clip_score[fixed]"
 
 
+def test_ci_never_goes_below_zero() -> None:
+    """Mostly unaligned pairs (cosine <= 0 scores 0): the normal CI of the mean would dip below 0,
+    which no mean of non-negative scores can."""
+    score = ClipScore(FixedEmbedder([0.4, -0.5, -0.1, -0.3]))
+    score.update(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), ["0", "1", "2", "3"])
+    row = score.compute()
+    assert row.value == pytest.approx(10.0, abs=1e-4)
+    half = 1.959964 * float(torch.tensor([40.0, 0.0, 0.0, 0.0]).std()) / 2
+    assert row.ci_low == 0.0 and row.ci_high == pytest.approx(10.0 + half, abs=1e-4) and 10.0 - half < 0
+
+
 def test_prompts_are_required() -> None:
     with pytest.raises(ValueError, match="needs a prompt per image"):
         ClipScore(FixedEmbedder([0.1])).update(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), None)

@@ -141,7 +141,8 @@ class ClipScore:
 
     def compute(self) -> MetricValue:
         low, high = self.scores.ci95()
-        details = {**self.embedder.describe(), "ci_kind": "95% normal CI of the mean"}
+        low = max(low, 0.0)       # per-image scores are >= 0, so is their mean: the normal CI is cut at 0
+        details = {**self.embedder.describe(), "ci_kind": "95% normal CI of the mean, cut at 0"}
         if not details.get("weights") and getattr(self.embedder, "sha256", None):
             details["weights"] = {"name": getattr(self.embedder, "name", REFERENCE_CLIP), "sha256": self.embedder.sha256}
         return MetricValue(clip_metric_name(self.embedder), self.scores.mean, n=self.scores.n,
