@@ -162,8 +162,9 @@ class CascadedTrainable:
         if unknown or not self.train_stages:
             raise ValueError(f"cascade train_stages={self.train_stages} must name some of its stages "
                              f"{self.pipeline.names}")
+        self.frozen_stages = [n for n in self.pipeline.names if n not in self.train_stages]
         for name in self.pipeline.names:
-            networks[name].requires_grad_(name in self.train_stages)
+            networks[name].requires_grad_(name not in self.frozen_stages)
 
     def training_loss(self, batch: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor:
         p = self.pipeline
@@ -219,10 +220,9 @@ def make_trainable(name: str, params: Mapping[str, Any], *, resolution: int, num
     params.setdefault("class_names", class_names)
     config, networks = load_family_networks("cascaded", None, params, cascade_config, CASCADE_ARCH_PARAMS)
     trainable = CascadedTrainable(config, networks, train_stages)
-    frozen = [n for n in trainable.pipeline.names if n not in trainable.train_stages]
-    if frozen and init_from is None:
-        raise ValueError(f"cascade train_stages={trainable.train_stages} leaves {frozen} untrained: set "
-                         f"init_from to a trained cascaded checkpoint to take them from")
-    if frozen:
-        init_frozen_stages(config, networks, frozen, str(init_from))
+    if trainable.frozen_stages:
+        if init_from is None:
+            raise ValueError(f"cascade train_stages={trainable.train_stages} leaves {trainable.frozen_stages} "
+                             f"untrained: set init_from to a trained cascaded checkpoint to take them from")
+        init_frozen_stages(config, networks, trainable.frozen_stages, str(init_from))
     return trainable

@@ -24,29 +24,35 @@ def shipped_autoencoders() -> list[str]:
 
 def reconstruction_rows(session, names: list[str], data, n: int, rfid: bool = True) -> None:
     """One result row per autoencoder: PSNR, SSIM, LPIPS (and rFID) over n held-out (test-split)
-    images of `data` (a DataConfig), streamed batch by batch."""
+    images of `data` (a DataConfig), streamed batch by batch. One pass over the data serves every
+    autoencoder: the images are decoded, and their Inception features extracted, once."""
     from bench.data import build_source
-    from bench.metrics.reconstruction import ReconstructionMetrics
+    from bench.metrics.inception import POOL_FEATURES
+    from bench.metrics.reconstruction import ReconstructionMetrics, load_lpips
     from models.autoencoder import load_autoencoder
 
     extractor = session.inception() if rfid else None
-    for name in names:
-        autoencoder = load_autoencoder(resolve_checkpoint(name)).to(session.device).eval()
-        metrics = ReconstructionMetrics(device=session.device, lpips_net="alex", extractor=extractor)
-        source = build_source(replace(data, n=min(data.n, n)), split="test")
-        bar = progress(total=len(source), desc=f"reconstruct {name} ({data.name})", disable=session.quiet, unit="img")
-        with torch.inference_mode():
-            for batch in source.iter_batches(session.cfg.hardware.batch_size,
-                                             num_workers=session.cfg.hardware.num_workers):
-                x = batch.images.to(session.device).float() / 127.5 - 1.0
-                metrics.update(batch.images, to_uint8(autoencoder.decode(autoencoder.encode(x))))
-                bar.update(len(batch.images))
-        bar.close()
+    lpips = load_lpips("alex", session.device)
+    autoencoders = {name: load_autoencoder(resolve_checkpoint(name)).to(session.device).eval() for name in names}
+    metrics = {name: ReconstructionMetrics(device=session.device, extractor=extractor, shared_lpips=lpips) for name in names}
+    source = build_source(replace(data, n=min(data.n, n)), split="test")
+    bar = progress(total=len(source), desc=f"reconstruct {len(names)} autoencoders ({data.name})",
+                   disable=session.quiet, unit="img")
+    with torch.inference_mode():
+        for batch in source.iter_batches(session.cfg.hardware.batch_size,
+                                         num_workers=session.cfg.hardware.num_workers):
+            x = batch.images.to(session.device).float() / 127.5 - 1.0
+            features = extractor(batch.images)[POOL_FEATURES] if extractor is not None else None
+            for name, autoencoder in autoencoders.items():
+                metrics[name].update(batch.images, to_uint8(autoencoder.decode(autoencoder.encode(x))), features)
+            bar.update(len(batch.images))
+    bar.close()
+    for name, autoencoder in autoencoders.items():
         cfg = autoencoder.config
         point = {"f": cfg.downsample_factor, "c": cfg.latent_channels, "regularizer": cfg.regularizer,
                  "codebook_size": cfg.codebook_size if cfg.regularizer == "vq" else None,
                  "data": data.name, "resolution": data.resolution}
-        session.record(None, metrics.compute(), point, pipeline_name=name, family="autoencoder")
+        session.record(None, metrics[name].compute(), point, pipeline_name=name, family="autoencoder")
 
 
 def run(session) -> None:

@@ -87,14 +87,20 @@ class ReconstructionMetrics:
     """Streaming PSNR, SSIM, LPIPS and (with an Inception extractor) rFID."""
 
     def __init__(self, *, device: str | torch.device = "cpu", lpips_net: str | None = "alex",
-                 extractor: Any = None) -> None:
+                 extractor: Any = None, shared_lpips: tuple[torch.nn.Module, dict[str, Any]] | None = None) -> None:
+        """`shared_lpips`: a `load_lpips` result to share between metrics (else `lpips_net` is loaded)."""
         self.device = torch.device(device)
         self.psnr, self.ssim, self.lpips = RunningMean(), RunningMean(), RunningMean()
-        self.lpips_model, self.lpips_details = (load_lpips(lpips_net, self.device) if lpips_net else (None, {}))
+        if shared_lpips is None:
+            shared_lpips = load_lpips(lpips_net, self.device) if lpips_net else (None, {})
+        self.lpips_model, self.lpips_details = shared_lpips
         self.extractor = extractor
         self.original_stats, self.reconstruction_stats = GaussianAccumulator(), GaussianAccumulator()
 
-    def update(self, originals: torch.Tensor, reconstructions: torch.Tensor) -> None:
+    def update(self, originals: torch.Tensor, reconstructions: torch.Tensor,
+               original_features: torch.Tensor | None = None) -> None:
+        """`original_features`: the originals' Inception pool features, when several metrics over the
+        same images (one per autoencoder) share them instead of extracting them again."""
         if originals.shape != reconstructions.shape:
             raise ValueError(f"originals {tuple(originals.shape)} and reconstructions "
                              f"{tuple(reconstructions.shape)} differ in shape")
@@ -103,7 +109,9 @@ class ReconstructionMetrics:
         if self.lpips_model is not None:
             self.lpips.update(lpips_per_image(self.lpips_model, originals, reconstructions))
         if self.extractor is not None:
-            self.original_stats.update(self.extractor(originals)[POOL_FEATURES])
+            if original_features is None:
+                original_features = self.extractor(originals)[POOL_FEATURES]
+            self.original_stats.update(original_features)
             self.reconstruction_stats.update(self.extractor(reconstructions)[POOL_FEATURES])
 
     def compute(self) -> list[MetricValue]:
