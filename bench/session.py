@@ -78,11 +78,7 @@ class Session:
             if hw.channels_last:
                 net.to(memory_format=torch.channels_last)
         if hw.compile:
-            compile_networks = getattr(pipe, "compile_networks", None)
-            if compile_networks is None:
-                raise ValueError(f"hardware.compile=true, but pipeline {pipe.info.name!r} does not "
-                                 "support torch.compile; set hardware.compile=false")
-            compile_networks()
+            pipe.compile_networks()
 
     # -- requests ----------------------------------------------------------------------
     def request(self, pipe: Pipeline, n: int | None = None, **overrides: Any) -> SampleRequest:

@@ -247,6 +247,12 @@ class Pipeline(ABC):
             net.to(device=self.device, dtype=self.dtype)
         return self
 
+    def compile_networks(self, **options: Any) -> None:
+        """torch.compile every network in place (nn.Module.compile: weights, state_dict keys and
+        `to` are unchanged); `options` go to torch.compile, e.g. backend="eager" in tests."""
+        for net in self.networks().values():
+            net.compile(**options)
+
     def check_request(self, request: SampleRequest) -> None:
         """Reject requests this pipeline cannot honour, with an actionable message."""
         cond = self.info.conditioning

@@ -96,6 +96,22 @@ def test_shipped_checkpoint_loads_and_is_small() -> None:
     assert p.info.resolution == 32 and p.info.conditioning == "class" and p.info.num_classes == 8
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_compiled_networks_give_the_same_images(device: str) -> None:
+    """hardware.compile: torch.compile in place; same weights, same samples (inductor on CUDA,
+    the eager backend on CPU, where inductor would need a C++ toolchain and minutes)."""
+    p = build_pipeline("pixel", "c", None, **PARAMS, init_seed=3)
+    with torch.no_grad():
+        for prm in p.unet.out.parameters():
+            prm.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    p.to(device)
+    request = dict(n=6, labels=[0, 1, 2], steps=3, sampler="ddim", batch_size=3)
+    plain = images(p, **request)
+    p.compile_networks(**({"backend": "eager"} if device == "cpu" else {}))
+    assert set(p.unet.state_dict()) == set(build_pipeline("pixel", "c", None, **PARAMS).unet.state_dict())
+    assert (images(p, **request).int() - plain.int()).abs().max().item() <= 1
+
+
 def test_bfloat16_networks_keep_a_float32_sampler_state() -> None:
     p = build_pipeline("pixel", "bf16", None, **PARAMS, init_seed=3)
     with torch.no_grad():

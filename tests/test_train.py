@@ -15,7 +15,7 @@ from bench.config import ConfigError, DataConfig, HardwareConfig, PipelineConfig
 from bench.training import trainer as trainer_module
 from bench.training.config import TrainingConfig, TrainRunConfig, register_train_schema
 from bench.training.state import list_checkpoints
-from bench.training.trainer import drop_conditions, train
+from bench.training.trainer import drop_conditions, learning_rate, train
 from models.interface import SampleRequest
 from models.registry import build_pipeline
 
@@ -88,6 +88,35 @@ def test_cascade_trains_through_the_same_loop(tmp_path: Path) -> None:
     assert set(summary["parameters"]) == {"base", "sr1"}
     pipe = build_pipeline("cascaded", "c", str(tmp_path / "c"))
     assert pipe.info.resolution == 16
+
+
+def test_learning_rate_warms_up_then_decays_to_lr_min() -> None:
+    tc = TrainingConfig(steps=110, lr=1e-3, warmup_steps=10, lr_schedule="cosine", lr_min=1e-5)
+    rates = [learning_rate(step, tc) for step in range(110)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert rates[10] == pytest.approx(1e-3)
+    assert rates[60] == pytest.approx((1e-3 + 1e-5) / 2)          # half-way through the decay
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:])) and rates[-1] == pytest.approx(1e-5, rel=0.05)
+    constant = TrainingConfig(steps=110, lr=1e-3, warmup_steps=10)
+    assert learning_rate(100, constant) == 1e-3
+    with pytest.raises(ConfigError, match="train.lr_schedule"):
+        TrainingConfig(lr_schedule="step")
+    with pytest.raises(ConfigError, match="train.lr_min"):
+        TrainingConfig(lr=1e-3, lr_min=1e-2)
+
+
+def test_fine_tuning_starts_from_a_checkpoint_and_refuses_another_architecture(tmp_path: Path) -> None:
+    train(config(2, export=str(tmp_path / "first")), tmp_path / "run1")
+    start = load_file(str(tmp_path / "first" / "model.safetensors"))
+    # One step at a tiny rate barely moves the weights: they start from the checkpoint, not at random.
+    train(config(1, init_from=str(tmp_path / "first"), lr=1e-8, warmup_steps=0, ema_decay=0.0,
+                 export=str(tmp_path / "tuned")), tmp_path / "run2")
+    tuned = load_file(str(tmp_path / "tuned" / "model.safetensors"))
+    assert all(torch.allclose(tuned[k], start[k], atol=1e-6) for k in start)
+    other = config(1, init_from=str(tmp_path / "first"))
+    other.train.model = {**TINY_MODEL, "unet": {**TINY_MODEL["unet"], "base_channels": 16}}
+    with pytest.raises(ValueError, match="train.init_from"):
+        train(other, tmp_path / "run3")
 
 
 def test_condition_dropout_rate() -> None:

@@ -11,6 +11,9 @@ from bench.config import ConfigError, DataConfig, HardwareConfig, PipelineConfig
 from models.checkpoint import WEIGHT_DTYPES
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass
 class TrainingConfig:
     steps: int = 2000
@@ -19,6 +22,8 @@ class TrainingConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100             # linear learning-rate warm-up
+    lr_schedule: str = "constant"       # after warm-up: "constant", or "cosine" decay to lr_min at train.steps
+    lr_min: float = 0.0
     grad_clip: float = 1.0              # max global grad norm; 0 = off
     ema_decay: float = 0.999
     ema_warmup: bool = True             # decay min(ema_decay, (1 + step) / (10 + step)), as in ADM / DiT codebases
@@ -32,6 +37,7 @@ class TrainingConfig:
     threads: int = 0                    # CPU threads (torch.set_num_threads); 0 = leave torch's default
     preload_max_mb: int = 1024          # keep the decoded training set in memory when smaller
     resume: bool = True                 # continue from the newest checkpoint in the run directory
+    init_from: Optional[str] = None     # fine-tune: start from this checkpoint's weights (same architecture)
     export: Optional[str] = None        # also write the final EMA weights here (model.safetensors + config.json)
     export_dtype: str = "float32"       # float16 halves the shipped file (weights only; loading casts back)
     model: Dict[str, Any] = field(default_factory=dict)  # architecture params for the family's make_trainable
@@ -41,6 +47,9 @@ class TrainingConfig:
             _require(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
         _require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _require(self.lr_schedule in LR_SCHEDULES, "train.lr_schedule",
+                 f"must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        _require(0 <= self.lr_min <= self.lr, "train.lr_min", f"must be in [0, train.lr={self.lr}], got {self.lr_min}")
         _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
         _require(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _require(0 <= self.p_uncond < 1, "train.p_uncond", f"must be in [0, 1), got {self.p_uncond}")

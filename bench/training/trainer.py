@@ -1,9 +1,10 @@
 """The generic training loop behind `python -m bench.train`.
 
-AdamW with linear warm-up, global grad-norm clipping, an EMA of the weights (what checkpoints
-ship), bf16 autocast on CUDA, condition dropout for classifier-free guidance, periodic resumable
-checkpoints (killing the run loses at most `checkpoint_every` steps; rerunning the same command
-continues bit-for-bit on CPU), a progress bar with the loss. The family supplies the networks
+AdamW with linear warm-up and optional cosine decay, global grad-norm clipping, an EMA of the
+weights (what checkpoints ship), bf16 autocast on CUDA, condition dropout for classifier-free
+guidance, optional fine-tuning from a checkpoint, periodic resumable checkpoints (killing the run
+loses at most `checkpoint_every` steps; rerunning the same command continues bit-for-bit on CPU),
+a progress bar with the loss. The family supplies the networks
 and the loss through `bench.training.trainable`.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from bench.data import build_source
 from bench.device import resolve_device
 from bench.progress import progress
 from bench.training.batches import TrainingBatches
-from bench.training.config import TrainRunConfig
+from bench.training.config import TrainingConfig, TrainRunConfig
 from bench.training.state import list_checkpoints, load_state, save_state
 from bench.training.trainable import make_trainable
 from models.checkpoint import MODEL_FILE, save_checkpoint
@@ -41,6 +42,35 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
+def learning_rate(step: int, tc: TrainingConfig) -> float:
+    """Linear warm-up, then constant, or cosine annealing to lr_min at the last step
+    (Loshchilov & Hutter 2017)."""
+    if tc.warmup_steps and step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    if tc.lr_schedule == "constant":
+        return tc.lr
+    done_fraction = min(1.0, (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
+    return tc.lr_min + 0.5 * (tc.lr - tc.lr_min) * (1 + math.cos(math.pi * done_fraction))
+
+
+def init_from_checkpoint(networks: nn.ModuleDict, directory: str, config: dict[str, Any]) -> None:
+    """Fine-tuning start: load a checkpoint's weights, refusing one whose networks or tensor shapes
+    differ. Configs are compared loosely (an exported autoencoder records its fitted latent scale)."""
+    from models.checkpoint import load_config, load_weights
+    theirs = load_config(directory).get("networks") or {}
+    if set(theirs) != set(config.get("networks") or {}):
+        raise ValueError(f"train.init_from={directory}: it holds networks {sorted(theirs)}, this run trains "
+                         f"{sorted(config.get('networks') or {})}; pass a checkpoint of the same pipeline")
+    try:
+        load_weights(directory, networks)
+    except (ValueError, RuntimeError) as err:      # missing keys / size mismatch
+        raise ValueError(f"train.init_from={directory}: its weights do not fit this run's architecture "
+                         f"(pipeline and train.model must match the checkpoint's config.json): {err}") from None
+    if theirs != config.get("networks"):
+        log.warning("train.init_from=%s: its network config differs from this run's in settings that do not "
+                    "change tensor shapes; this run's config is the one exported", directory)
 
 
 def drop_conditions(batch: dict[str, Any], p: float, generator: torch.Generator) -> dict[str, Any]:
@@ -68,15 +98,18 @@ def train(cfg: TrainRunConfig, run_dir: Path) -> dict[str, Any]:
                                num_classes=source.num_classes,
                                class_names=list(source.class_names) if source.class_names else None)
     networks = trainable.networks.to(device)
+    config = trainable.checkpoint_config()
+    existing = list_checkpoints(run_dir) if tc.resume else []
+    if tc.init_from and not existing:       # a resumed run continues from its own weights
+        init_from_checkpoint(networks, tc.init_from, config)
+        log.info("initialised the weights from %s", tc.init_from)
     if tc.channels_last:
         networks.to(memory_format=torch.channels_last)   # only 4-d weights change layout
     ema = copy.deepcopy(networks).requires_grad_(False)
     optimizer = torch.optim.AdamW(networks.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     generator = torch.Generator().manual_seed(tc.seed)
-    config = trainable.checkpoint_config()
 
     start, loss_log, elapsed_before = 0, [], 0.0
-    existing = list_checkpoints(run_dir) if tc.resume else []
     if existing:
         meta = load_state(existing[-1], networks=networks, ema=ema, optimizer=optimizer, generator=generator)
         start, loss_log, elapsed_before = meta["step"], meta["loss_log"], meta["elapsed_seconds"]
@@ -103,7 +136,7 @@ def train(cfg: TrainRunConfig, run_dir: Path) -> dict[str, Any]:
     done = start
     for step in range(start, start if out_of_time() else tc.steps):
         for group in optimizer.param_groups:
-            group["lr"] = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
+            group["lr"] = learning_rate(step, tc)
         raw = drop_conditions(batches.batch(step), tc.p_uncond, generator)
         image = raw["image"].to(device).float() / 127.5 - 1.0
         if tc.channels_last:
@@ -145,6 +178,8 @@ def train(cfg: TrainRunConfig, run_dir: Path) -> dict[str, Any]:
                **meta()}
     if tc.export:
         training = {k: summary[k] for k in ("steps", "final_loss", "elapsed_seconds", "parameters", "device", "batch_size")}
+        if tc.init_from:
+            training["init_from"] = tc.init_from
         out = save_checkpoint(tc.export, ema.cpu(), {**config, "training": {**training, "data": cfg.data.__dict__}},
                               dtype=tc.export_dtype)
         summary["export"] = str(out)
