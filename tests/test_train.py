@@ -113,6 +113,8 @@ def test_fine_tuning_starts_from_a_checkpoint_and_refuses_another_architecture(t
                  export=str(tmp_path / "tuned")), tmp_path / "run2")
     tuned = load_file(str(tmp_path / "tuned" / "model.safetensors"))
     assert all(torch.allclose(tuned[k], start[k], atol=1e-6) for k in start)
+    tuned_config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert tuned_config["training"]["init_from"] == str(tmp_path / "first")     # provenance
     other = config(1, init_from=str(tmp_path / "first"))
     other.train.model = {**TINY_MODEL, "unet": {**TINY_MODEL["unet"], "base_channels": 16}}
     with pytest.raises(ValueError, match="train.init_from"):
