@@ -37,7 +37,7 @@ class TrainingConfig:
     threads: int = 0                    # CPU threads (torch.set_num_threads); 0 = leave torch's default
     preload_max_mb: int = 1024          # keep the decoded training set in memory when smaller
     resume: bool = True                 # continue from the newest checkpoint in the run directory
-    init_from: Optional[str] = None     # fine-tune: start from this checkpoint's weights (same architecture)
+    init_from: Optional[str] = None     # fine-tune: start from this checkpoint's weights (dir or shipped name; same architecture)
     export: Optional[str] = None        # also write the final EMA weights here (model.safetensors + config.json)
     export_dtype: str = "float32"       # float16 halves the shipped file (weights only; loading casts back)
     model: Dict[str, Any] = field(default_factory=dict)  # architecture params for the family's make_trainable

@@ -4,8 +4,8 @@ AdamW with linear warm-up and optional cosine decay, global grad-norm clipping, 
 weights (what checkpoints ship), bf16 autocast on CUDA, condition dropout for classifier-free
 guidance, optional fine-tuning from a checkpoint, periodic resumable checkpoints (killing the run
 loses at most `checkpoint_every` steps; rerunning the same command continues bit-for-bit on CPU),
-a progress bar with the loss. The family supplies the networks
-and the loss through `bench.training.trainable`.
+a progress bar with the loss. The family supplies the networks and the loss through
+`bench.training.trainable`.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from bench.training.batches import TrainingBatches
 from bench.training.config import TrainingConfig, TrainRunConfig
 from bench.training.state import list_checkpoints, load_state, save_state
 from bench.training.trainable import make_trainable
-from models.checkpoint import MODEL_FILE, save_checkpoint
+from models.checkpoint import MODEL_FILE, load_config, load_weights, save_checkpoint
 
 log = logging.getLogger("bench.train")
 
@@ -55,22 +55,24 @@ def learning_rate(step: int, tc: TrainingConfig) -> float:
     return tc.lr_min + 0.5 * (tc.lr - tc.lr_min) * (1 + math.cos(math.pi * done_fraction))
 
 
-def init_from_checkpoint(networks: nn.ModuleDict, directory: str, config: dict[str, Any]) -> None:
-    """Fine-tuning start: load a checkpoint's weights, refusing one whose networks or tensor shapes
-    differ. Configs are compared loosely (an exported autoencoder records its fitted latent scale)."""
-    from models.checkpoint import load_config, load_weights
-    theirs = load_config(directory).get("networks") or {}
-    if set(theirs) != set(config.get("networks") or {}):
-        raise ValueError(f"train.init_from={directory}: it holds networks {sorted(theirs)}, this run trains "
-                         f"{sorted(config.get('networks') or {})}; pass a checkpoint of the same pipeline")
+def init_from_checkpoint(networks: nn.ModuleDict, checkpoint: str, config: dict[str, Any]) -> None:
+    """Fine-tuning start: load a checkpoint's weights (a directory or a shipped name), refusing one
+    whose networks or tensor shapes differ. Configs are compared loosely (an exported autoencoder
+    records its fitted latent scale)."""
+    from models.registry import resolve_checkpoint
+    directory = resolve_checkpoint(checkpoint)
+    theirs, ours = load_config(directory).get("networks") or {}, config.get("networks") or {}
+    if set(theirs) != set(ours):
+        raise ValueError(f"train.init_from={checkpoint}: it holds networks {sorted(theirs)}, this run trains "
+                         f"{sorted(ours)}; pass a checkpoint of the same pipeline")
     try:
         load_weights(directory, networks)
     except (ValueError, RuntimeError) as err:      # missing keys / size mismatch
-        raise ValueError(f"train.init_from={directory}: its weights do not fit this run's architecture "
+        raise ValueError(f"train.init_from={checkpoint}: its weights do not fit this run's architecture "
                          f"(pipeline and train.model must match the checkpoint's config.json): {err}") from None
-    if theirs != config.get("networks"):
+    if theirs != ours:
         log.warning("train.init_from=%s: its network config differs from this run's in settings that do not "
-                    "change tensor shapes; this run's config is the one exported", directory)
+                    "change tensor shapes; this run's config is the one exported", checkpoint)
 
 
 def drop_conditions(batch: dict[str, Any], p: float, generator: torch.Generator) -> dict[str, Any]:
