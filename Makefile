@@ -8,10 +8,8 @@ STAMP := $(VENV)/.diffbench-installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-# Offline copies of the pretrained metric networks (see ../shared/weights/README.md).
-ifneq ($(wildcard ../shared/weights),)
-export DIFFBENCH_WEIGHTS ?= $(abspath ../shared/weights)
-endif
+# Every pretrained weight comes from the project itself (bench/weights/files), the installed
+# packages, or the package registry; `python -m bench.weights` lists them (README, "Weights").
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 

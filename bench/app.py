@@ -31,7 +31,7 @@ class UserError(Exception):
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from models.interface import RequestError
     types: list[type[BaseException]] = [ConfigError, RequestError, UserError, FileNotFoundError]
-    for module, name in (("bench.data", "DataError"), ("bench.weights", "WeightsNotFoundError"),
+    for module, name in (("bench.data", "DataError"), ("bench.weights", "WeightsError"),
                          ("bench.store", "StoreMismatchError")):
         try:
             types.append(getattr(__import__(module, fromlist=[name]), name))

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from bench.weights import resolve
+from bench.weights import load_state_dict, resolve
 from models.autoencoder import Autoencoder
 from models.checkpoint import register_network_type
 from models.autoencoder_regularizers import codebook_usage
@@ -65,7 +65,7 @@ def load_lpips_vgg() -> nn.Module:
 
     resolved = resolve(LPIPS_BACKBONE)
     path, source = resolved.path, f"{resolved.path} (sha256 {resolved.sha256[:12]}, {resolved.source})"
-    features = torch.load(path, map_location="cpu", weights_only=True)
+    features = load_state_dict(path)
     heads = torch.load(resolve("lpips-vgg-v0.1").path, map_location="cpu", weights_only=True)
     # Build on the meta device: torchvision's vgg16() would spend seconds initialising a
     # classifier LPIPS never uses. Every tensor is then loaded below.

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_WEIGHTS = REPO.parent / "shared" / "weights"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DIFFBENCH_QUIET", "1")
-if SHARED_WEIGHTS.exists():
-    os.environ.setdefault("DIFFBENCH_WEIGHTS", str(SHARED_WEIGHTS))
+# Hermetic: every weight comes from the project's own files, its packages or the registry, as on
+# a fresh machine; a folder the user keeps in $DIFFBENCH_WEIGHTS must not change what is tested.
+os.environ.pop("DIFFBENCH_WEIGHTS", None)
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
@@ -33,7 +33,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Reference-statistics caches go to a per-session temp dir, never the user's home."""
+    """Reference-statistics caches and converted weights go to a per-session temp dir, never the
+    user's home (the Inception conversion then runs once per session)."""
     cache = tmp_path_factory.getbasetemp() / "diffbench-cache"
     monkeypatch.setenv("DIFFBENCH_CACHE", str(cache))
 

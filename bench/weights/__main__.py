@@ -1,0 +1,3 @@
+from bench.weights.cli import main
+
+raise SystemExit(main())
