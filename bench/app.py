@@ -1,7 +1,8 @@
 """The Hydra entry point: `python -m bench [overrides]` / `diffbench [overrides]`.
 
-compose config -> validate (bad keys/values fail here, naming the key) -> seed, device ->
-suite.run(session) -> results.csv/.parquet -> report.md + plots -> manifest status complete.
+compose config -> validate (bad keys/values fail here, naming the key; the suite's name and
+params too) -> seed, device -> suite.run(session, params) -> results.csv/.parquet -> report.md +
+plots -> manifest status complete.
 A run that fails leaves manifest.json with status "failed" and no results files claiming
 completeness; rerunning with the same `hydra.run.dir` resumes from the stored samples.
 """
@@ -14,12 +15,27 @@ import traceback
 from pathlib import Path
 
 import hydra
+import pandas as pd
 import torch
+import torch.distributed as dist
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from bench.config import Config, ConfigError, register_schema, validate
+from bench.data import DataError
+from bench.device import describe, resolve_device
+from bench.distributed import World, init_world
+from bench.manifest import file_sha256, write_manifest
+from bench.results import CORE_COLUMNS, DETAILS_COLUMN, write_results
+from bench.session import Session
+from bench.store import StoreMismatchError
+from bench.weights import WeightsError
+from models.core.interface import RequestError
+from models.core.registry import resolve_checkpoint
+from reports.run_report import write_run_report
+from suites import load_suite, prepare_suite
 
 log = logging.getLogger("bench")
 
@@ -28,24 +44,14 @@ class UserError(Exception):
     """Errors caused by input (config, data, weights, request): printed without a traceback."""
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from models.interface import RequestError
-    types: list[type[BaseException]] = [ConfigError, RequestError, UserError, FileNotFoundError]
-    for module, name in (("bench.data", "DataError"), ("bench.weights", "WeightsError"),
-                         ("bench.store", "StoreMismatchError")):
-        try:
-            types.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(types)
+USER_ERRORS = (ConfigError, RequestError, UserError, FileNotFoundError, DataError, WeightsError,
+               StoreMismatchError)
 
 
 def multirun_params(overrides: list[str]) -> dict[str, object]:
     """A multirun job's command-line overrides as sweep columns (`guidance_scale=2` ->
     {"guidance_scale": 2.0}), so merged multirun reports keep the jobs apart. Group choices
     (`pipeline=x`) and hydra.* keys are not sweep parameters of a row."""
-    from bench.results import CORE_COLUMNS, DETAILS_COLUMN
-    import yaml
     params: dict[str, object] = {}
     for item in overrides:
         key, _, value = item.lstrip("+~").partition("=")
@@ -59,27 +65,24 @@ def multirun_params(overrides: list[str]) -> dict[str, object]:
 def narrow_to_chosen_pipeline(raw: DictConfig, overrides: list[str]) -> None:
     """`pipeline=X` on the command line runs the suite on X alone, even when the suite lists
     its own pipelines (smoke lists every shipped one), unless suite.pipelines is also given; the
-    smoke's autoencoder reconstruction rows are then dropped too."""
+    suite's params for work beyond its pipelines (`Params.BEYOND_PIPELINES`, e.g. the smoke's
+    autoencoder reconstruction rows) are then dropped too, unless given as well."""
     keys = [item.lstrip("+~").partition("=")[0] for item in overrides]
-    if "pipeline" in keys and not any(k.startswith("suite.pipelines") for k in keys):
-        raw.suite.pipelines = None
-        if "reconstruction" in (raw.suite.get("params") or {}) and not any(
-                k.startswith("suite.params.reconstruction") for k in keys):
-            raw.suite.params.reconstruction = None
+    if "pipeline" not in keys or any(k.startswith("suite.pipelines") for k in keys):
+        return
+    raw.suite.pipelines = None
+    params = raw.suite.get("params") or {}
+    for name in load_suite(raw.suite.name).Params.BEYOND_PIPELINES:
+        if name in params and not any(k.startswith(f"suite.params.{name}") for k in keys):
+            raw.suite.params[name] = None
 
 
 def run(cfg: Config, raw: DictConfig, run_dir: Path,
-        job_params: dict[str, object] | None = None) -> "pandas.DataFrame":  # noqa: F821
-    """Run the configured suite into run_dir. Importable for tests and notebooks."""
-    from bench.device import describe
-    from bench.manifest import file_sha256, write_manifest
-    from bench.results import write_results
-    from bench.session import Session
-    from models.registry import resolve_checkpoint
-    from reports.run_report import write_run_report
-    from suites import load_suite
-
-    world = _join_world(cfg)
+        job_params: dict[str, object] | None = None) -> pd.DataFrame | None:
+    """Run the configured suite into run_dir (the results frame; None on ranks other than 0).
+    Importable for tests and notebooks."""
+    suite, params = prepare_suite(cfg.suite.name, cfg.suite.params)   # start-up: nothing written yet
+    world = init_world(resolve_device(cfg.hardware))
     run_dir = _same_run_dir(Path(run_dir), world)
     run_id = f"{run_dir.parent.name}/{run_dir.name}" if run_dir.parent.name else run_dir.name
     config = OmegaConf.to_container(raw, resolve=True)
@@ -88,41 +91,38 @@ def run(cfg: Config, raw: DictConfig, run_dir: Path,
     manifest = dict(run_id=run_id, config=config, seed=cfg.seed,
                     device={**describe(session.device), "world_size": world.size})
     if not world.is_main:   # other ranks sample and measure their share; rank 0 writes
-        load_suite(cfg.suite.name).run(session)
+        suite.run(session, params)
         return None
     write_manifest(run_dir, status="running", **manifest)
     try:
-        load_suite(cfg.suite.name).run(session)
+        suite.run(session, params)   # rows go into session.rows (session.record)
         frame = write_results(run_dir, session.rows)
         write_run_report(run_dir, frame, quiet=cfg.quiet)
     except BaseException as err:
         write_manifest(run_dir, status="failed", error=f"{type(err).__name__}: {err}", **manifest)
         raise
-    checkpoints = {}
-    for name, pipe in session._pipelines.items():
-        spec = session.pipeline_config(name)
-        path = resolve_checkpoint(spec.checkpoint)
-        weights_file = path / "model.safetensors" if path else None
-        checkpoints[name] = {"checkpoint": str(path) if path else None,
-                             "sha256": file_sha256(str(weights_file)) if weights_file and weights_file.exists() else None,
-                             "parameters": pipe.parameter_count()}
-    write_manifest(run_dir, status="complete", weights=session.weights_used, checkpoints=checkpoints,
+    write_manifest(run_dir, status="complete", weights=session.weights_used, checkpoints=_checkpoints(session),
                    **manifest)
     log.info("results in %s", run_dir)
     return frame
 
 
-def _join_world(cfg: Config):
-    from bench.device import resolve_device
-    from bench.distributed import init_world
-    return init_world(resolve_device(cfg.hardware))
+def _checkpoints(session: Session) -> dict[str, dict[str, object]]:
+    """Per loaded pipeline: its checkpoint directory, the weights' sha256 and parameter count."""
+    checkpoints = {}
+    for name, pipe in session.loaded_pipelines().items():
+        path = resolve_checkpoint(session.pipeline_config(name).checkpoint)
+        weights_file = path / "model.safetensors" if path else None
+        checkpoints[name] = {"checkpoint": str(path) if path else None,
+                             "sha256": file_sha256(str(weights_file)) if weights_file and weights_file.exists() else None,
+                             "parameters": pipe.parameter_count()}
+    return checkpoints
 
 
-def _same_run_dir(run_dir: Path, world) -> Path:
+def _same_run_dir(run_dir: Path, world: World) -> Path:
     """Under torchrun every rank composes its own `${now:...}` run dir; all use rank 0's."""
     if not world.distributed:
         return run_dir
-    import torch.distributed as dist
     shared = [str(run_dir)]
     dist.broadcast_object_list(shared, src=0)
     return Path(shared[0])
@@ -130,7 +130,6 @@ def _same_run_dir(run_dir: Path, world) -> Path:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def _hydra_main(raw: DictConfig) -> None:
-    user_errors = _user_error_types()
     try:
         hydra_cfg = HydraConfig.get()
         narrow_to_chosen_pipeline(raw, list(hydra_cfg.overrides.task))
@@ -140,7 +139,7 @@ def _hydra_main(raw: DictConfig) -> None:
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         job_params = multirun_params(list(hydra_cfg.overrides.task)) if multirun else {}
         run(cfg, raw, Path(hydra_cfg.runtime.output_dir), job_params)
-    except user_errors as err:
+    except USER_ERRORS as err:
         if os.environ.get("DIFFBENCH_DEBUG"):
             traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)

@@ -1,11 +1,31 @@
-"""Device and dtype selection from `hardware` config."""
+"""The `hardware` config group (its schema, re-exported by bench.config) and the device and dtype it selects."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
-from bench.config import ConfigError, HardwareConfig
+from bench.data.config import ConfigError, choice, require
 
+DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class HardwareConfig:
+    device: str = "auto"           # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"
+    compile: bool = False          # torch.compile the denoisers (GPU)
+    channels_last: bool = False
+    batch_size: int = 16
+    num_workers: int = 0           # DataLoader workers for data decoding
+
+    def __post_init__(self) -> None:
+        require(self.device in DEVICES or self.device.startswith("cuda:"), "hardware.device",
+                f"{self.device!r} is not allowed; choose one of {list(DEVICES)} or cuda:N")
+        choice(self.dtype, "hardware.dtype", tuple(DTYPES))
+        require(self.batch_size >= 1, "hardware.batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.num_workers >= 0, "hardware.num_workers", f"must be >= 0, got {self.num_workers}")
 
 
 def resolve_device(hw: HardwareConfig) -> torch.device:

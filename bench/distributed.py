@@ -3,9 +3,11 @@
 Each rank samples one contiguous slice of the global index range (sample i's noise depends
 only on (seed, i), so the union of the slices is exactly the single-process image set), runs
 the metric accumulators on its slice, and sends their state to rank 0, which merges the
-slices in rank order (= index order): float64 moment sums for FID, kept features for KID and
-precision/recall (concatenated in index order, so their seeded subsets match a single
-process), per-image CLIP scores. Rank 0 alone writes results. Backend: nccl on CUDA, gloo on CPU.
+slices in rank order (= index order), each metric through its own `state()` / `merge()`
+(bench.metrics.base.Metric): float64 moments for FID, per-image CLIP score sums; the kept
+features that KID, precision/recall, ... read are concatenated in index order,
+so their seeded subsets match a single process. Rank 0 alone writes results.
+Backend: nccl on CUDA, gloo on CPU.
 """
 from __future__ import annotations
 
@@ -62,35 +64,13 @@ def barrier(world: World) -> None:
 # -- metric state: what each rank sends, and how rank 0 folds it in -------------------------
 def metric_state(metrics: Any) -> dict[str, Any]:
     """The accumulated state of a bench.metrics.MetricSet, without its networks."""
-    state: dict[str, Any] = {"n": metrics.n}
-    if metrics.gaussian is not None and metrics.gaussian.n:
-        state["gaussian"] = metrics.gaussian.stats() + (metrics.gaussian.n,)
-    for key in ("kept", "logits"):
-        bank = getattr(metrics, key)
-        if bank is not None:
-            state[key] = (bank.tensor(), bank.seen)
-    if metrics.clip is not None:
-        scores = metrics.clip.scores
-        state["clip"] = (scores.n, scores._shift, scores._sum, scores._sumsq)
-    return state
+    return metrics.state()
 
 
 def merge_metric_states(metrics: Any, states: list[dict[str, Any]]) -> None:
     """Fold other ranks' states (in rank order) into rank 0's MetricSet."""
-    from bench.metrics.frechet import GaussianAccumulator
     for state in states:
-        metrics.n += state["n"]
-        if "gaussian" in state:
-            mu, sigma, n = state["gaussian"]
-            metrics.gaussian.merge(_gaussian_from_stats(GaussianAccumulator, mu, sigma, n))
-        for key in ("kept", "logits"):
-            if key in state:
-                features, seen = state[key]
-                bank = getattr(metrics, key)
-                bank.seen += seen - len(features)   # the rest of `seen` is counted by update
-                bank.update(features)
-        if "clip" in state:
-            _merge_running_mean(metrics.clip.scores, *state["clip"])
+        metrics.merge(state)
 
 
 def reduce_metrics(metrics: Any, world: World) -> bool:
@@ -103,23 +83,3 @@ def reduce_metrics(metrics: Any, world: World) -> bool:
         merge_metric_states(metrics, gathered[1:])
     return world.is_main
 
-
-def _gaussian_from_stats(cls: Any, mu: Any, sigma: Any, n: int) -> Any:
-    acc = cls(dim=len(mu))
-    acc.n, acc._shift = n, torch.from_numpy(mu)
-    acc._sum = torch.zeros_like(acc._shift)
-    acc._outer = torch.from_numpy(sigma) * (n - 1)
-    return acc
-
-
-def _merge_running_mean(target: Any, n: int, shift: float | None, total: float, total_sq: float) -> None:
-    """Add another RunningMean's values, re-expressed around target's shift (exact algebra:
-    v - s_t = (v - s_o) + d with d = s_o - s_t)."""
-    if n == 0:
-        return
-    if target._shift is None:
-        target._shift = shift
-    d = shift - target._shift
-    target._sum += total + n * d
-    target._sumsq += total_sq + 2 * d * total + n * d * d
-    target.n += n

@@ -15,11 +15,12 @@ intervals (0 when absent):
 
 The CI term is the 95% half-width of the difference of two independent estimates, so
 with ci_k = 1 a change inside sampling noise is never called a regression. Direction and
-defaults come from the metric's name (`reports.metric_kinds`): lower is better for FID,
-KID, LPIPS, rFID, NFE, time and memory; higher for IS, CLIP score, PSNR, SSIM, precision,
-recall, throughput. Timing metrics (images/s, s/image, stage time, memory) are noisy
-across machines: they are reported but skipped unless --check-timing (or `"skip": false`
-in the baseline), and then get a generous relative tolerance (50%).
+default tolerances come from the metric registry (bench.metrics.registry, by name through
+`reports.metric_kinds`): lower is better for FID, KID, LPIPS, rFID, NFE, time and memory;
+higher for IS, CLIP score, PSNR, SSIM, precision, recall, throughput.
+Timing metrics (images/s, s/image, stage time, memory) are noisy across machines: they are
+reported but skipped unless --check-timing (or `"skip": false` in the baseline), and then get
+a generous relative tolerance (50%).
 
 Baseline file: JSON, small, meant to live in the user's repository:
     {"format": "diffbench-baseline", "version": 1,
@@ -28,7 +29,7 @@ Baseline file: JSON, small, meant to live in the user's repository:
      "entries": [{"pipeline": ..., "params": {...}, "metric": ..., "value": ...,
                   "ci": half-width or null, "ci_low": ..., "ci_high": ..., "n": ..., "unit": ...}]}
 Tolerance keys are metric names or glob patterns (exact name first, then the longest
-matching pattern, then the defaults below); a spec may give any subset of its fields.
+matching pattern, then the registry's defaults); a spec may give any subset of its fields.
 `--update` rewrites the entries from the current run, keeps the file's tolerances and adds
 the defaults, spelled out, for metrics that have none, so they can be edited in place.
 """
@@ -52,21 +53,6 @@ from reports.metric_kinds import DIRECTIONS, metric_kind, metric_sort_key
 
 FORMAT, VERSION = "diffbench-baseline", 1
 SPEC_KEYS = ("direction", "abs", "rel", "ci_k", "skip")
-# Defaults per tolerance class (reports.metric_kinds.MetricKind.group). Seeded CI runs are
-# deterministic on one machine; these absorb cross-platform float drift, not real changes.
-DEFAULT_TOLERANCES: dict[str, dict[str, Any]] = {
-    "fid": {"abs": 0.5, "rel": 0.02, "ci_k": 1.0, "skip": False},
-    "kid": {"abs": 0.001, "rel": 0.05, "ci_k": 1.0, "skip": False},
-    "fraction": {"abs": 0.02, "rel": 0.0, "ci_k": 1.0, "skip": False},
-    "inception_score": {"abs": 0.05, "rel": 0.02, "ci_k": 1.0, "skip": False},
-    "clip_score": {"abs": 0.25, "rel": 0.01, "ci_k": 1.0, "skip": False},
-    "psnr": {"abs": 0.1, "rel": 0.005, "ci_k": 1.0, "skip": False},
-    "ssim": {"abs": 0.005, "rel": 0.005, "ci_k": 1.0, "skip": False},
-    "lpips": {"abs": 0.005, "rel": 0.02, "ci_k": 1.0, "skip": False},
-    "count": {"abs": 0.0, "rel": 0.0, "ci_k": 0.0, "skip": False},   # NFE: exact
-    "timing": {"abs": 0.0, "rel": 0.5, "ci_k": 1.0, "skip": True},
-    "other": {"abs": 0.0, "rel": 0.05, "ci_k": 1.0, "skip": False},
-}
 STATUSES = ("regressed", "missing", "improved", "new", "ok", "skipped")
 
 
@@ -88,8 +74,11 @@ class Tolerance:
 
 
 def default_spec(metric: str) -> dict[str, Any]:
+    """The registry's direction and default tolerance for the metric (reports.metric_kinds)."""
     kind = metric_kind(metric)
-    return {"direction": kind.direction, **DEFAULT_TOLERANCES[kind.group]}
+    gate = kind.gate
+    return {"direction": kind.direction, "abs": float(gate.abs), "rel": float(gate.rel), "ci_k": float(gate.ci_k),
+            "skip": bool(gate.skip)}
 
 
 def _matching_key(metric: str, specs: dict[str, dict]) -> str | None:

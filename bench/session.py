@@ -16,11 +16,13 @@ import torch
 from omegaconf import OmegaConf
 
 from bench.config import Config, DataConfig, MetricsConfig, PipelineConfig
+from bench.data.config import BUNDLED_DATASETS
 from bench.device import resolve_device, resolve_dtype
 from bench.distributed import World, barrier, reduce_metrics, shard
+from bench.metrics.registry import INCEPTION_INPUTS, INCEPTION_LOGITS, needs_of
 from bench.progress import progress
 from bench.results import MetricValue, RunContext, make_row
-from models.interface import Pipeline, SampleBatch, SampleRequest
+from models.core.interface import Pipeline, SampleBatch, SampleRequest
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +66,17 @@ class Session:
     def load_pipeline(self, name: str | None = None) -> Pipeline:
         spec = self.pipeline_config(name)
         if spec.name not in self._pipelines:
-            from models.registry import build_pipeline
+            from models.core.registry import build_pipeline
             log.info("loading pipeline %s (family %s, checkpoint %s)", spec.name, spec.family, spec.checkpoint)
             pipe = build_pipeline(spec.family, spec.name, spec.checkpoint, **spec.params)
             pipe.to(self.device, self.dtype)
             self._apply_hardware(pipe)
             self._pipelines[spec.name] = pipe
         return self._pipelines[spec.name]
+
+    def loaded_pipelines(self) -> dict[str, Pipeline]:
+        """The pipelines loaded so far, by name (the manifest records their checkpoints)."""
+        return dict(self._pipelines)
 
     def _apply_hardware(self, pipe: Pipeline) -> None:
         hw = self.cfg.hardware
@@ -118,7 +124,7 @@ class Session:
         """The reference data at the pipeline's output resolution (bundled sources render at
         any size; folders and npz files keep their own)."""
         data = self.cfg.data
-        if data.name in ("shapes", "natural") and data.resolution != pipe.info.resolution:
+        if data.name in BUNDLED_DATASETS and data.resolution != pipe.info.resolution:
             data = replace(data, resolution=pipe.info.resolution)
         return data
 
@@ -126,9 +132,9 @@ class Session:
                    metrics: MetricsConfig | None = None):
         """A fresh accumulator set; reference statistics come from the on-disk cache, so
         building one per sweep point costs no recomputation."""
-        from bench.metrics import INCEPTION_METRICS, build_metrics
+        from bench.metrics import build_metrics
         mcfg = replace(metrics or self.cfg.metrics, names=list(names))
-        extractor = self.inception(mcfg) if set(names) & set(INCEPTION_METRICS) else None
+        extractor = self.inception(mcfg) if needs_of(names) & INCEPTION_INPUTS else None
 
         def build():
             return build_metrics(mcfg, data or self.cfg.data, device=self.device, quiet=self.quiet,
@@ -145,7 +151,7 @@ class Session:
         """The Inception feature extractor, loaded once per (resize mode, logits) and shared."""
         from bench.metrics.inception import build_inception
         mcfg = metrics or self.cfg.metrics
-        need_logits = "inception_score" in mcfg.names
+        need_logits = INCEPTION_LOGITS in needs_of(mcfg.names)
         key = ("inception", mcfg.resize_mode, need_logits)
         if key not in self._metric_sets:
             self._metric_sets[key] = build_inception(resize_mode=mcfg.resize_mode, device=self.device,

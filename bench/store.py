@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from bench.atomic import atomic_write, atomic_write_json
-from models.interface import SampleBatch
+from models.core.interface import SampleBatch
 
 FORMAT = "diffbench-samples/1"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)   # the earliest zip timestamp; npz members get it, not "now"

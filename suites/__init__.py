@@ -1,12 +1,19 @@
-"""Suite registry: suite name -> module with `run(session) -> list[dict]` (result rows).
+"""Suite registry: suite name -> module with `Params` (its `suite.params` as a dataclass, see
+suites/params.py) and `run(session, params) -> None`.
 
 A suite decides which pipelines x metrics x sweep points to measure; `bench.session.Session`
 gives it loaded pipelines, requests, metric sets and the sample store, so a suite module
-is only the loop over its sweep (see suites/smoke.py)."""
+is only the loop over its sweep (see suites/smoke.py). Its result rows go through
+`session.record` into `session.rows` (so every rank's share and every sweep point meet in one
+list), which bench.app writes; `run` returns nothing."""
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any, Mapping
+
+from bench.data.config import choice
+from suites.params import SuiteParams, parse_params
 
 SUITES = {
     "smoke": "suites.smoke",
@@ -20,6 +27,13 @@ SUITES = {
 
 
 def load_suite(name: str) -> ModuleType:
-    if name not in SUITES:
-        raise ValueError(f"suite {name!r} is unknown; known: {sorted(SUITES)}")
+    """The suite's module; a ConfigError naming `suite.name` and the known suites otherwise."""
+    choice(name, "suite.name", tuple(SUITES))
     return importlib.import_module(SUITES[name])
+
+
+def prepare_suite(name: str, params: Mapping[str, Any] | None) -> tuple[ModuleType, SuiteParams]:
+    """The start-up check of the `suite` group above the config layer: the module of `suite.name`
+    and its typed `suite.params`."""
+    suite = load_suite(name)
+    return suite, parse_params(suite.Params, params, name)

@@ -4,13 +4,31 @@ autoencoder table (Rombach et al. 2022, Tab. 8): rows f / |Z| / c, columns metri
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import List, Optional
 
 import torch
 
+from bench.data import build_source
+from bench.data.config import require
+from bench.metrics.inception import POOL_FEATURES
+from bench.metrics.reconstruction import ReconstructionMetrics, load_lpips
 from bench.progress import progress
-from models.interface import to_uint8
-from models.registry import CHECKPOINT_DIR, resolve_checkpoint
+from models.core.interface import to_uint8
+from models.core.registry import CHECKPOINT_DIR, resolve_checkpoint
+from models.networks.autoencoder import load_autoencoder
+from suites.params import SuiteParams
+
+
+@dataclass
+class Params(SuiteParams):
+    autoencoders: Optional[List[str]] = None   # checkpoint names or directories; None = every shipped one
+    rfid: bool = True
+    resolution: Optional[int] = None           # None = data.resolution
+
+    def __post_init__(self) -> None:
+        require(self.resolution is None or self.resolution >= 8, "suite.params.resolution",
+                f"must be >= 8, got {self.resolution}")
 
 
 def shipped_autoencoders() -> list[str]:
@@ -26,11 +44,6 @@ def reconstruction_rows(session, names: list[str], data, n: int, rfid: bool = Tr
     """One result row per autoencoder: PSNR, SSIM, LPIPS (and rFID) over n held-out (test-split)
     images of `data` (a DataConfig), streamed batch by batch. One pass over the data serves every
     autoencoder: the images are decoded, and their Inception features extracted, once."""
-    from bench.data import build_source
-    from bench.metrics.inception import POOL_FEATURES
-    from bench.metrics.reconstruction import ReconstructionMetrics, load_lpips
-    from models.autoencoder import load_autoencoder
-
     extractor = session.inception() if rfid else None
     lpips = load_lpips("alex", session.device)
     autoencoders = {name: load_autoencoder(resolve_checkpoint(name)).to(session.device).eval() for name in names}
@@ -55,12 +68,11 @@ def reconstruction_rows(session, names: list[str], data, n: int, rfid: bool = Tr
         session.record(None, metrics[name].compute(), point, pipeline_name=name, family="autoencoder")
 
 
-def run(session) -> None:
-    params = session.cfg.suite.params
-    names = list(params.get("autoencoders") or shipped_autoencoders())
+def run(session, params: Params) -> None:
+    names = list(params.autoencoders or shipped_autoencoders())
     if not names:
         raise ValueError("suite autoencoder_zoo: no autoencoders; set suite.params.autoencoders=[CHECKPOINT,...]")
     data = session.cfg.data
-    if "resolution" in params:
-        data = replace(data, resolution=int(params["resolution"]))
-    reconstruction_rows(session, names, data, session.cfg.suite.n, rfid=params.get("rfid", True))
+    if params.resolution is not None:
+        data = replace(data, resolution=params.resolution)
+    reconstruction_rows(session, names, data, session.cfg.suite.n, rfid=params.rfid)

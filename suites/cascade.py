@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from suites.common import applicable_metrics
+from suites.params import SamplingParams as Params
 
 IMAGE_STAGES = ("denoiser", "super_resolution")
 
 
-def run(session) -> None:
+def run(session, params: Params) -> None:
     sweep = session.cfg.suite.sweep
     levels = [None if v is None else float(v) for v in sweep.get("noise_aug", [None])]
     for name in session.pipeline_names():

@@ -14,14 +14,24 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Dict, Mapping, Optional
 
+import torch
 from omegaconf import OmegaConf
 
+from bench.atomic import atomic_write_json
+from bench.config import PipelineConfig
+from bench.data.config import choice, require
 from bench.results import MetricValue
+from bench.training.config import TrainingConfig, TrainRunConfig
+from bench.training.trainer import train
+from models.core.checkpoint import load_config
+from models.core.registry import FAMILY_MODULES, build_pipeline, resolve_checkpoint
+from models.networks.autoencoder import AutoencoderConfig
 from suites.common import quality_and_speed
+from suites.params import QualityParams
 
 log = logging.getLogger(__name__)
 
@@ -29,54 +39,76 @@ CONF_TRAIN = Path(__file__).resolve().parent.parent / "conf" / "train"
 DEFAULT_PATTERN = "ae_kl_f{f}_{data}{resolution}"   # the shipped autoencoders' naming
 
 
-def autoencoder_for(f: int, params: Mapping[str, Any], data) -> Any:
+@dataclass
+class Budget:
+    """The same for every f: train steps and/or wall-time seconds (null or 0 = no limit)."""
+    steps: Optional[int] = 1000
+    seconds: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        given = f"got steps={self.steps}, seconds={self.seconds}"
+        require(bool(self.steps) or bool(self.seconds), "suite.params.budget",
+                f"must give steps and/or seconds, {given} (e.g. {{steps: 300}} or {{steps: null, seconds: 120}})")
+        require((self.steps or 0) >= 0 and (self.seconds or 0) >= 0, "suite.params.budget",
+                f"steps and seconds must be >= 0, {given}")
+
+
+@dataclass
+class Params(QualityParams):
+    family: str = "latent_unet"        # any family whose make_trainable takes `autoencoder`
+    train: str = "latent_unet_shapes32"   # conf/train/<name>.yaml: the one recipe used for every f
+    train_overrides: Optional[Dict[str, Any]] = None   # merged over the recipe
+    budget: Budget = field(default_factory=Budget)
+    train_data_n: Optional[int] = None  # training images; None = data.n
+    autoencoder_pattern: str = DEFAULT_PATTERN         # the shipped autoencoder per f
+    autoencoders: Optional[Dict[int, Any]] = None      # f -> checkpoint name/dir or AutoencoderConfig mapping
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        choice(self.family, "suite.params.family", tuple(FAMILY_MODULES))
+        require(recipe_path(self.train).is_file(), "suite.params.train",
+                f"no train recipe {recipe_path(self.train)}; available: {sorted(p.stem for p in CONF_TRAIN.glob('*.yaml'))}")
+        require(self.train_data_n is None or self.train_data_n >= 1, "suite.params.train_data_n",
+                f"must be >= 1, got {self.train_data_n}")
+        for f, autoencoder in (self.autoencoders or {}).items():
+            require(isinstance(autoencoder, (str, Mapping)), f"suite.params.autoencoders.{f}",
+                    f"must be a checkpoint name/dir or an AutoencoderConfig mapping, got {autoencoder!r}")
+
+
+def recipe_path(name: str) -> Path:
+    return CONF_TRAIN / f"{name}.yaml"
+
+
+def autoencoder_for(f: int, params: Params, data) -> Any:
     """suite.params.autoencoders[f] (a checkpoint name/dir, or an AutoencoderConfig mapping),
     else the shipped name from suite.params.autoencoder_pattern."""
-    table = {int(k): v for k, v in (params.get("autoencoders") or {}).items()}
+    table = params.autoencoders or {}
     if f in table:
-        value = table[f]
-        return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-    pattern = params.get("autoencoder_pattern", DEFAULT_PATTERN)
-    return pattern.format(f=f, data=data.name, resolution=data.resolution)
+        return table[f]
+    return params.autoencoder_pattern.format(f=f, data=data.name, resolution=data.resolution)
 
 
 def downsample_factor(autoencoder: Any) -> int:
     """f of an autoencoder checkpoint (name/dir) or AutoencoderConfig mapping, without building it."""
-    from models.autoencoder import AutoencoderConfig
-    from models.checkpoint import load_config
-    from models.registry import resolve_checkpoint
     if isinstance(autoencoder, Mapping):
         return AutoencoderConfig(**autoencoder).downsample_factor
     config = load_config(resolve_checkpoint(str(autoencoder)))
     return int(config["networks"]["autoencoder"]["config"]["downsample_factor"])
 
 
-def train_config(session, f: int, autoencoder: Any):
+def train_config(session, params: Params, f: int, autoencoder: Any) -> TrainRunConfig:
     """The TrainRunConfig for one f: the recipe conf/train/<params.train>.yaml, its model params
     with this f's autoencoder, the budget of params.budget, exported into the f's directory."""
-    from bench.config import PipelineConfig
-    from bench.training.config import TrainingConfig, TrainRunConfig
-
-    params = session.cfg.suite.params
-    preset = str(params.get("train", "latent_unet_shapes32"))
-    path = CONF_TRAIN / f"{preset}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in CONF_TRAIN.glob("*.yaml"))
-        raise ValueError(f"config key 'suite.params.train': no train recipe {path}; available: {known}")
-    budget = {k: v for k, v in dict(params.get("budget") or {}).items() if v}
-    unknown = sorted(set(budget) - {"steps", "seconds"})
-    if unknown or not budget:
-        raise ValueError(f"config key 'suite.params.budget': {budget} must give steps and/or seconds "
-                         "(e.g. {steps: 300} or {steps: null, seconds: 120})")
-    recipe = OmegaConf.merge(OmegaConf.structured(TrainingConfig), OmegaConf.load(path),
-                             params.get("train_overrides") or {})
+    recipe = OmegaConf.merge(OmegaConf.structured(TrainingConfig), OmegaConf.load(recipe_path(params.train)),
+                             params.train_overrides or {})
     recipe.model.autoencoder = autoencoder
-    recipe.steps = int(budget.get("steps", 10 ** 9))           # a wall-time budget alone: steps unbounded
-    recipe.max_seconds = float(budget.get("seconds", 0.0))
+    recipe.steps = params.budget.steps or 10 ** 9          # a wall-time budget alone: steps unbounded
+    recipe.max_seconds = float(params.budget.seconds or 0.0)
     recipe.export = str(f_dir(session, f) / "model")
     recipe.resume = True
-    family = str(params.get("family", "latent_unet"))
-    data = replace(session.cfg.data, n=int(params.get("train_data_n", session.cfg.data.n)))
+    family = params.family
+    n = session.cfg.data.n if params.train_data_n is None else params.train_data_n
+    data = replace(session.cfg.data, n=n)
     return TrainRunConfig(pipeline=PipelineConfig(name=f"{family}_f{f}", family=family),
                           data=data, hardware=session.cfg.hardware,
                           train=OmegaConf.to_object(recipe), quiet=session.quiet)
@@ -92,10 +124,9 @@ def budget_key(cfg) -> dict[str, Any]:
                                   "family": cfg.pipeline.family}, default=str))
 
 
-def train_one(session, f: int, autoencoder: Any) -> dict[str, Any]:
+def train_one(session, params: Params, f: int, autoencoder: Any) -> dict[str, Any]:
     """Train (or resume, or reuse) the model for f; returns the trainer's summary."""
-    from bench.training.trainer import train
-    cfg = train_config(session, f, autoencoder)
+    cfg = train_config(session, params, f, autoencoder)
     out = f_dir(session, f)
     done_file = out / "trained.json"
     key = budget_key(cfg)
@@ -105,24 +136,19 @@ def train_one(session, f: int, autoencoder: Any) -> dict[str, Any]:
             log.info("f=%d: reusing the trained model in %s", f, cfg.train.export)
             return record["summary"]
     log.info("f=%d: training %s on autoencoder %s", f, cfg.pipeline.family, autoencoder)
-    import torch
     threads = torch.get_num_threads()
     try:
         summary = train(cfg, out / "train")
     finally:   # the recipe's train.threads must not slow the sampling that follows
         torch.set_num_threads(threads)
-    from bench.atomic import atomic_write_json
     atomic_write_json(done_file, {"key": key, "summary": summary})
     return summary
 
 
-def run(session) -> None:
-    from models.registry import build_pipeline
-
+def run(session, params: Params) -> None:
     cfg = session.cfg
-    params = cfg.suite.params
     factors = [int(f) for f in cfg.suite.sweep.get("f", [4, 8])]
-    family = str(params.get("family", "latent_unet"))
+    family = params.family
     name = f"{family}_fsweep"          # one pipeline name, so every f lands on one curve
     for f in factors:
         autoencoder = autoencoder_for(f, params, cfg.data)
@@ -135,7 +161,7 @@ def run(session) -> None:
         if actual != f:
             raise ValueError(f"suite f_sweep: autoencoder {autoencoder!r} for f={f} downsamples by {actual}; "
                              "fix suite.params.autoencoders")
-        summary = train_one(session, f, autoencoder)
+        summary = train_one(session, params, f, autoencoder)
         pipe = build_pipeline(family, name, summary["export"])
         pipe.to(session.device, session.dtype)
         point = {"f": f}
@@ -143,4 +169,4 @@ def run(session) -> None:
         session.record(pipe, [MetricValue("train_steps", float(summary["steps"]), 1, unit="steps", details=trained),
                               MetricValue("train_seconds", float(summary["elapsed_seconds"]), 1, unit="s")],
                        point)
-        quality_and_speed(session, pipe, point)
+        quality_and_speed(session, pipe, point, speed_n=params.speed_n)

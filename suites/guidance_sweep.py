@@ -4,11 +4,12 @@ figure) and FID vs scale. Models and reference statistics load once and serve ev
 from __future__ import annotations
 
 from suites.common import quality_and_speed
+from suites.params import QualityParams as Params
 
 DEFAULT_SCALES = [1.0, 2.0, 4.0]
 
 
-def run(session) -> None:
+def run(session, params: Params) -> None:
     sweep = session.cfg.suite.sweep
     scales = [float(s) for s in sweep.get("guidance_scale", DEFAULT_SCALES)]
     samplers = list(sweep.get("sampler", [session.cfg.sampler.name]))
@@ -22,4 +23,4 @@ def run(session) -> None:
                 point = {"guidance_scale": scale}
                 if len(samplers) > 1:
                     point["sampler"] = sampler
-                quality_and_speed(session, pipe, point, guidance_scale=scale, sampler=sampler)
+                quality_and_speed(session, pipe, point, speed_n=params.speed_n, guidance_scale=scale, sampler=sampler)

@@ -3,13 +3,25 @@ per-stage share, peak memory. Warm-up excluded, repeated timings (median, min/ma
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
+from bench.data.config import require
 from bench.device import DTYPES
+from bench.metrics.speed import measure_speed
+from suites.params import SamplingParams
 
 
-def run(session) -> None:
-    from bench.metrics.speed import measure_speed
+@dataclass
+class Params(SamplingParams):
+    batches_per_repeat: int = 1        # each timed repeat samples this many batches
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.batches_per_repeat >= 1, "suite.params.batches_per_repeat",
+                f"must be >= 1, got {self.batches_per_repeat}")
+
+
+def run(session, params: Params) -> None:
     cfg = session.cfg
     sweep = cfg.suite.sweep
     samplers = list(sweep.get("sampler", [cfg.sampler.name]))
@@ -24,7 +36,7 @@ def run(session) -> None:
         for dtype in dtypes:
             pipe.to(session.device, DTYPES[dtype])
             for sampler, steps, batch_size in itertools.product(samplers, steps_grid, batch_sizes):
-                n = int(cfg.suite.params.get("batches_per_repeat", 1)) * batch_size
+                n = params.batches_per_repeat * batch_size
                 request = session.request(pipe, n=n, sampler=sampler, steps=steps, batch_size=batch_size)
                 values = measure_speed(pipe, request, repeats=cfg.metrics.speed_repeats, warmup=1)
                 point = {"sampler": sampler, "steps": steps, "batch_size": batch_size, "dtype": dtype,

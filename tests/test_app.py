@@ -30,6 +30,7 @@ def test_unknown_pipeline_fails_naming_the_group(tmp_path):
     ("sampler.name=euler", "sampler.name"),
     ("hardware.device=tpu", "hardware.device"),
     ("suite.name=nosuchsuite", "suite.name"),
+    ("+suite.params.no_such_param=1", "suite.params.no_such_param"),
     ("hardware.no_such_key=1", "no_such_key"),
 ])
 def test_invalid_values_fail_at_start_naming_the_key(tmp_path, override, key):

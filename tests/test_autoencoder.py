@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from models.autoencoder import (Autoencoder, AutoencoderConfig, compute_scale_factor, load_autoencoder,
+from models.networks.autoencoder import (Autoencoder, AutoencoderConfig, compute_scale_factor, load_autoencoder,
                                 save_autoencoder)
-from models.autoencoder_loss import AutoencoderLoss, AutoencoderLossConfig, PatchDiscriminator
-from models.autoencoder_regularizers import DiagonalGaussian, VectorQuantizer, codebook_usage
+from bench.training.families.autoencoder_loss import AutoencoderLoss, AutoencoderLossConfig
+from models.networks.discriminator import PatchDiscriminator
+from models.networks.autoencoder_regularizers import DiagonalGaussian, VectorQuantizer, codebook_usage
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from models.augment import (ConditioningAugmentation, apply_noise_aug, downsample, gaussian_blur, noise_aug_sigma,
+from models.sampling.augment import (ConditioningAugmentation, apply_noise_aug, downsample, gaussian_blur, noise_aug_sigma,
                             upsample)
-from models.cascaded import make_trainable
-from models.checkpoint import save_checkpoint
-from models.interface import SampleRequest
-from models.registry import CHECKPOINT_DIR, build_pipeline
+from bench.training.families.cascaded import make_trainable
+from models.core.checkpoint import save_checkpoint
+from models.core.interface import SampleRequest
+from models.core.registry import CHECKPOINT_DIR, build_pipeline
 
 TINY_UNET = dict(base_channels=8, channel_mults=[1, 2], attention_resolutions=[4], num_heads=2, norm_groups=4)
 PARAMS = dict(resolutions=[8, 16], num_classes=3, unet=TINY_UNET, num_timesteps=100)

@@ -16,9 +16,9 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from models.diffusers_adapters import DiffusersAdapter, wrap_diffusers  # noqa: E402
-from models.interface import RequestError, SampleRequest  # noqa: E402
-from models.registry import build_pipeline  # noqa: E402
+from models.families.diffusers import DiffusersAdapter, wrap_diffusers  # noqa: E402
+from models.core.interface import RequestError, SampleRequest  # noqa: E402
+from models.core.registry import build_pipeline  # noqa: E402
 
 WORDS = "a an the red blue green circle square star small large on at of left right".split()
 PROMPTS = ["a red circle", "the large blue square on the left", "a small star"]
@@ -165,7 +165,7 @@ def compose_pipeline(name: str):
 
 
 def test_the_sd_config_builds_through_the_loader(monkeypatch):
-    import models.diffusers_adapters as adapters
+    import models.families.diffusers as adapters
     loaded = []
 
     def load(source, **kwargs):
@@ -189,7 +189,7 @@ def smoke_run(run_dir, pipeline: str, model: str):
 
     from bench.app import narrow_to_chosen_pipeline, run
     from bench.config import register_schema, validate
-    from models.reference_clip import REFERENCE_CLIP_DIR
+    from models.networks.reference_clip import REFERENCE_CLIP_DIR
     register_schema()
     names = ["fid", "kid", "precision_recall", "speed"]
     if (REFERENCE_CLIP_DIR / "model.safetensors").is_file():

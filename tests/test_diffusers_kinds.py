@@ -9,9 +9,9 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from models.diffusers_adapters import wrap_diffusers  # noqa: E402
-from models.interface import RequestError, SampleRequest  # noqa: E402
-from models.registry import build_pipeline  # noqa: E402
+from models.families.diffusers import wrap_diffusers  # noqa: E402
+from models.core.interface import RequestError, SampleRequest  # noqa: E402
+from models.core.registry import build_pipeline  # noqa: E402
 from test_diffusers import PROMPTS, assert_same_samples, images_of, tiny_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -152,7 +152,7 @@ def test_unclip_prior_decoder_super_resolution():
 
 
 def test_the_if_config_loads_its_stages_as_a_cascade(monkeypatch):
-    import models.diffusers_adapters as adapters
+    import models.families.diffusers as adapters
     from test_diffusers import compose_pipeline
     stages = tiny_if_stages()
     loaded = []

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from models.diffusion import (DiffusionSpec, VPDenoiser, VPSchedule, cosine_betas, linear_betas, predict_x0,
+from models.sampling.diffusion import (DiffusionSpec, VPDenoiser, VPSchedule, cosine_betas, linear_betas, predict_x0,
                               training_loss, training_target, vlb_terms)
 
 

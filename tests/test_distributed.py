@@ -9,6 +9,7 @@ from bench.config import MetricsConfig
 from bench.distributed import World, merge_metric_states, metric_state, shard
 from bench.metrics import MetricSet
 from bench.metrics.refstats import ReferenceStats
+from bench.metrics.registry import INCEPTION_POOL
 
 
 @pytest.mark.parametrize("n, size", [(10, 1), (10, 2), (10, 3), (7, 4), (2, 3)])
@@ -48,11 +49,9 @@ class FixedEmbedder:
 
 
 def make_set(reference):
-    from bench.metrics.clip_score import ClipScore
     cfg = MetricsConfig(names=["fid", "kid", "precision_recall", "clip_score"], kid_subsets=5,
                         kid_subset_size=20, max_kept_features=50)
-    return MetricSet(cfg.names, cfg, extractor=RandomProjection(), reference=reference,
-                     clip=ClipScore(FixedEmbedder()))
+    return MetricSet(cfg.names, cfg, extractor=RandomProjection(), reference=reference, clip_embedder=FixedEmbedder())
 
 
 def test_merged_rank_states_equal_a_single_process():
@@ -85,7 +84,8 @@ def test_merged_rank_states_equal_a_single_process():
         assert got[name].value == pytest.approx(value.value, rel=1e-6, abs=1e-9), name
         if value.ci_low is not None:
             assert got[name].ci_low == pytest.approx(value.ci_low, rel=1e-6, abs=1e-9), name
-    assert ranks[0].kept.capped and ranks[0].kept.seen == 60 and ranks[0].kept.kept == 50
+    kept = ranks[0].kept[INCEPTION_POOL]
+    assert kept.capped and kept.seen == 60 and kept.kept == 50
 
 
 def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path, tmp_path_factory):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.dit import (BLOCKS, DIT_PRESETS, DiT, DiTBlock, count_parameters, dit_config, forward_flops, gflops,
+from models.networks.dit import (BLOCKS, DIT_PRESETS, DiT, DiTBlock, count_parameters, dit_config, forward_flops, gflops,
                         sincos_pos_embed)
 
 

@@ -7,8 +7,8 @@ import torch
 
 from bench.export import export_npz, main, prompts_path
 from bench.store import SampleStore
-from models.interface import BatchContext, Pipeline, PipelineInfo, SampleRequest, StageInfo
-from models.registry import build_pipeline
+from models.core.interface import BatchContext, Pipeline, PipelineInfo, SampleRequest, StageInfo
+from models.core.registry import build_pipeline
 
 
 class ClassNoise(Pipeline):

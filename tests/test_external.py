@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from models.external import ExternalSamples
-from models.interface import RequestError, SampleRequest
-from models.registry import build_pipeline
+from models.families.external import ExternalSamples
+from models.core.interface import RequestError, SampleRequest
+from models.core.registry import build_pipeline
 
 
 def images_nhwc(n: int, size: int = 8, seed: int = 0) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.guidance import (ClassifierFreeGuidance, Thresholded, dynamic_threshold, guided_denoiser,
+from models.sampling.guidance import (ClassifierFreeGuidance, Thresholded, dynamic_threshold, guided_denoiser,
                              static_threshold)
 
 

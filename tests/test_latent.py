@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from models.autoencoder import save_autoencoder, build_autoencoder
-from models.autoencoder_training import calibrate
-from models.checkpoint import save_checkpoint
-from models.conditioning import ClassConditioner, TextConditioner, drop_conditions
-from models.interface import RequestError, SampleRequest
-from models.latent_common import frozen_autoencoder
-from models.registry import build_pipeline
+from models.networks.autoencoder import save_autoencoder, build_autoencoder
+from bench.training.families.autoencoder import calibrate
+from models.core.checkpoint import save_checkpoint
+from models.networks.conditioning import ClassConditioner, TextConditioner, drop_conditions
+from models.core.interface import RequestError, SampleRequest
+from models.families.latent import frozen_autoencoder
+from models.core.registry import build_pipeline
 
 TINY_AE = {"regularizer": "kl", "downsample_factor": 4, "latent_channels": 3, "base_channels": 8,
            "channel_mult": [1, 1, 1]}
@@ -162,7 +162,7 @@ def test_checkpoint_round_trip_and_untrained_keeps_the_autoencoder(tmp_path) -> 
 def test_reconstruction_suite_reads_the_autoencoder_of_a_latent_checkpoint(tmp_path, make) -> None:
     """suite=autoencoder_zoo suite.params.autoencoders=[<latent checkpoint>] measures the pipeline's own
     first stage: `load_autoencoder` finds it under the role "autoencoder", scale factor included."""
-    from models.autoencoder import load_autoencoder
+    from models.networks.autoencoder import load_autoencoder
     pipe = make()
     with torch.no_grad():
         for p in pipe.autoencoder.parameters():
@@ -221,8 +221,8 @@ def test_text_conditioned_latent_unet_samples_from_prompts() -> None:
 def test_shipped_autoencoders_are_calibrated_and_all_listed_by_the_reconstruction_suite() -> None:
     """suite=autoencoder_zoo measures every shipped autoencoder (autoencoders: null); each must carry
     its data-computed scale factor, and a shipped latent pipeline must embed a calibrated one."""
-    from models.autoencoder import load_autoencoder
-    from models.registry import CHECKPOINT_DIR
+    from models.networks.autoencoder import load_autoencoder
+    from models.core.registry import CHECKPOINT_DIR
     from suites.autoencoder_zoo import shipped_autoencoders
     listed = set(shipped_autoencoders())
     assert "ae_kl_f4_shapes32" in listed

@@ -12,7 +12,7 @@ from bench.config import DataConfig, MetricsConfig
 from bench.metrics import build_metrics
 from bench.metrics.clip_score import ClipScore, ClipUnavailableError, OpenClipEmbedder, build_embedder
 from bench.weights import WeightsNotFoundError
-from models.interface import SampleBatch
+from models.core.interface import SampleBatch
 
 
 class FixedEmbedder:
@@ -116,8 +116,8 @@ def test_open_clip_tag_offline_names_the_places_looked(tmp_path: Path, monkeypat
 
 
 def test_missing_reference_clip_module_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "models.reference_clip", None)     # as if the module did not exist
-    with pytest.raises(ClipUnavailableError, match=r"models/reference_clip.py.*clip_pretrained"):
+    monkeypatch.setitem(sys.modules, "models.networks.reference_clip", None)     # as if the module did not exist
+    with pytest.raises(ClipUnavailableError, match=r"models/networks/reference_clip.py.*clip_pretrained"):
         build_embedder("shapes-clip", None)
 
 

@@ -27,10 +27,11 @@ from bench.config import DataConfig, MetricsConfig
 from bench.data import build_source
 from bench.data.shapes import ShapesSource
 from bench.metrics import build_metrics
+from bench.metrics.registry import INCEPTION_POOL
 from bench.weights import load_state_dict, resolve
 from bench.weights.catalog import NOFC_SAFETENSORS_SHA256
 from bench.weights.resolver import _package_dir
-from models.interface import SampleBatch
+from models.core.interface import SampleBatch
 
 PROJECTION = "diffbench-test-pooled-projection"
 
@@ -203,7 +204,7 @@ def test_genuine_inception_kid_through_calculate_metrics_and_fid_formula(folders
     kid, fid = mine["kid"], mine["fid"]
     assert kid.value == pytest.approx(reference["kernel_inception_distance_mean"], abs=1e-5)
     assert kid.details["kid_std"] == pytest.approx(reference["kernel_inception_distance_std"], abs=1e-5)
-    gen_features = metrics.kept.tensor().double().numpy()
+    gen_features = metrics.kept[INCEPTION_POOL].tensor().double().numpy()
     ref_features = metrics.reference.features.double().numpy()
     assert gen_features.shape == ref_features.shape == (8, 2048)
     assert fid.value == pytest.approx(exact_low_rank_fid(gen_features, ref_features), rel=1e-6)

@@ -22,7 +22,7 @@ from bench.config import MetricsConfig
 from bench.metrics import MetricSet
 from bench.metrics.refstats import ReferenceStats
 from bench.metrics.speed import PeakRSS
-from models.interface import SampleBatch
+from models.core.interface import SampleBatch
 
 n, kind, dims = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 torch.set_num_threads(2)

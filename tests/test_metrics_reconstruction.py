@@ -10,6 +10,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from bench.data.shapes import ShapesSource
+from bench.metrics import registry
 from bench.metrics.reconstruction import ReconstructionMetrics, load_lpips, lpips_per_image, psnr_per_image, \
     ssim_per_image
 
@@ -82,6 +83,8 @@ def test_reconstruction_metrics_stream_and_report_rows() -> None:
         assert rows[name].n == 12 and rows[name].ci_low < rows[name].value < rows[name].ci_high
     assert rows["lpips"].details["weights"]["sha256"]
     assert rows["rfid"].value > 0 and rows["rfid"].details["reference"] == "the originals"
+    declared = {kind.name: kind for kind in registry.spec("reconstruction").rows}
+    assert set(declared) == set(rows) and all(row.unit == declared[name].unit for name, row in rows.items())
 
 
 def test_shape_mismatch_is_rejected() -> None:

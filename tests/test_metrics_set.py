@@ -10,11 +10,12 @@ import torch
 
 from bench.config import DataConfig, MetricsConfig
 from bench.data.shapes import ShapesSource
-from bench.metrics import MetricSet, build_metrics
+from bench.metrics import MetricSet, build_metrics, registry
 from bench.metrics.frechet import GaussianAccumulator, frechet_distance
 from bench.metrics.kid import kid_from_features
 from bench.metrics.precision_recall import precision_recall
-from models.interface import SampleBatch
+from bench.metrics.registry import INCEPTION_POOL
+from models.core.interface import SampleBatch
 
 
 class PooledPixels:
@@ -67,8 +68,9 @@ def test_one_feature_pass_per_batch_feeds_every_metric(data: DataConfig, tmp_pat
     assert rows["kid"].value == pytest.approx(kid_from_features(gen, ref, subsets=5, subset_size=30)[0], rel=1e-12)
     precision, recall = precision_recall(gen, ref, k=3)
     assert (rows["precision"].value, rows["recall"].value) == (precision, recall)
+    declared = {kind.name: kind for kind in registry.row_kinds()}
     for row in rows.values():
-        assert row.n == 60
+        assert row.n == 60 and row.unit == declared[row.metric].unit
         assert row.details["feature_extractor"] == "pooled-pixels" and row.details["resize_mode"] == "none"
         assert row.details["weights"]["sha256"] == "0" * 64 and row.details["n_reference"] == 80
     assert rows["kid"].ci_low < rows["kid"].value < rows["kid"].ci_high
@@ -80,7 +82,7 @@ def test_kept_features_are_capped(data: DataConfig, tmp_path: Path) -> None:
     assert len(metrics.reference.features) == 25
     for batch in batches(60):
         metrics.update(batch)
-    assert metrics.kept.kept == 25 and metrics.kept.seen == 60
+    assert metrics.kept[INCEPTION_POOL].kept == 25 and metrics.kept[INCEPTION_POOL].seen == 60
     row = metrics.compute()[0]
     assert row.details["features_capped_at"] == 25 and row.details["n_features_generated"] == 25 and row.n == 60
 
@@ -89,8 +91,8 @@ def test_fid_alone_keeps_no_features(data: DataConfig, tmp_path: Path) -> None:
     metrics = build_metrics(MetricsConfig(names=["fid"]), data, cache_dir=tmp_path, extractor=PooledPixels())
     for batch in batches(40):
         metrics.update(batch)
-    assert metrics.kept is None and metrics.reference.features is None
-    assert metrics.gaussian.n == 40
+    assert metrics.kept == {} and metrics.reference.features is None
+    assert metrics.metrics["fid"].gaussian.n == 40
 
 
 def test_npz_reference_serves_fid_but_not_kid(data: DataConfig, tmp_path: Path) -> None:

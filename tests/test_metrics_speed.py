@@ -8,8 +8,9 @@ from typing import Mapping
 import pytest
 import torch
 
+from bench.metrics import registry
 from bench.metrics.speed import PeakRSS, current_rss, measure_speed
-from models.interface import BatchContext, Pipeline, PipelineInfo, SampleRequest, StageInfo
+from models.core.interface import BatchContext, Pipeline, PipelineInfo, SampleRequest, StageInfo
 
 
 class TwoStage(Pipeline):
@@ -59,6 +60,9 @@ def test_rows_nfe_and_stage_shares() -> None:
     assert ips.details["warmup"] == 1 and ips.details["device"] == "cpu" and ips.details["batch_size"] == 4
     memory = rows["peak_memory_mib"]
     assert memory.details["memory_kind"] == "process_peak_rss" and memory.value > 10
+    declared = {kind.name: kind for kind in registry.spec("speed").rows}
+    for name, row in rows.items():
+        assert row.unit == declared[name.split("[")[0]].unit, name    # the registry declares every row
 
 
 def test_bad_arguments() -> None:

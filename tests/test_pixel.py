@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.interface import RequestError, SampleRequest
-from models.registry import CHECKPOINT_DIR, build_pipeline
+from models.core.checkpoint import load_checkpoint, save_checkpoint
+from models.core.interface import RequestError, SampleRequest
+from models.core.registry import CHECKPOINT_DIR, build_pipeline
 
 TINY_UNET = dict(base_channels=8, channel_mults=[1, 2], attention_resolutions=[4], num_heads=2, norm_groups=4)
 PARAMS = dict(resolution=8, num_classes=3, unet=TINY_UNET, num_timesteps=100)

@@ -1,11 +1,11 @@
-"""The prompt-alignment rules (models/prompt_alignment.py) on rendered shapes with known answers."""
+"""The prompt-alignment rules (bench/tools/prompt_alignment.py) on rendered shapes with known answers."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from bench.data.shapes import render
-from models.prompt_alignment import alignment, disc_fill, pixel_colour, pixel_kind
+from bench.tools.prompt_alignment import alignment, disc_fill, pixel_colour, pixel_kind
 
 
 def shape(kind: str, colour: str, background: str, rotation: float = 10.0) -> torch.Tensor:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.regress import Tolerance, judge, main, resolve_tolerance
+from bench.regress import Tolerance, default_spec, judge, main, resolve_tolerance
 from bench.results import MetricValue, RunContext, make_row, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +152,26 @@ def test_judge_rule():
     assert judge(tol, 1.0, None, None, None)[0] == "regressed"   # the metric became NaN
     either = resolve_tolerance("mystery_metric", {})
     assert either.direction == "either" and judge(either, 10.0, 9.0, None, None)[0] == "regressed"
+
+
+# The defaults as they were before they moved into bench.metrics.registry: (abs, rel, ci_k, skip).
+QUALITY = {"fid": (0.5, 0.02), "rfid": (0.5, 0.02), "kid": (0.001, 0.05), "precision": (0.02, 0.0),
+           "recall": (0.02, 0.0), "inception_score": (0.05, 0.02),
+           "clip_score[ViT-B-32/laion2b_s34b_b79k]": (0.25, 0.01), "psnr": (0.1, 0.005), "ssim": (0.005, 0.005),
+           "lpips": (0.005, 0.02), "val_loss": (0.0, 0.05), "mystery_metric": (0.0, 0.05)}
+
+
+@pytest.mark.parametrize("metric", sorted(QUALITY))
+def test_default_tolerances_come_from_the_registry(metric: str):
+    spec = default_spec(metric)
+    assert (spec["abs"], spec["rel"], spec["ci_k"], spec["skip"]) == (*QUALITY[metric], 1.0, False)
+    assert all(isinstance(spec[key], float) for key in ("abs", "rel", "ci_k"))   # "0.0", not "0", in the JSON
+
+
+def test_timings_are_skipped_and_nfe_is_exact_by_default():
+    timing = default_spec("stage_s_per_image[decoder]")
+    assert (timing["direction"], timing["abs"], timing["rel"], timing["skip"]) == ("lower", 0.0, 0.5, True)
+    assert default_spec("nfe_per_image") == {"direction": "lower", "abs": 0.0, "rel": 0.0, "ci_k": 0.0, "skip": False}
 
 
 def test_gate_does_not_import_torch(baseline: Path, tmp_path: Path):

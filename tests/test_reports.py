@@ -14,7 +14,7 @@ import pytest
 from bench.results import MetricValue, RunContext, make_row, write_results
 from reports.__main__ import main as reports_main
 from reports.load import ReportError, find_run_dirs, load_runs
-from reports.metric_kinds import HIGHER, LOWER, metric_kind
+from reports.metric_kinds import EITHER, HIGHER, LOWER, metric_kind
 from reports.plots import auto_specs, pareto_front, parse_spec, write_plots
 from reports.run_report import write_run_report
 from reports.tables import Cell, build_pivot, format_cell, to_csv, to_html, to_latex, to_markdown
@@ -221,3 +221,36 @@ def test_cli_does_not_import_torch(multirun: Path, tmp_path: Path):
 def test_metric_directions(name: str, direction: str, timing: bool):
     kind = metric_kind(name)
     assert (kind.direction, kind.timing) == (direction, timing)
+
+
+# (direction, timing, decimals, rank, group) of the rows registered when the kinds moved from name
+# patterns into bench.metrics.registry: exactly what the patterns gave them.
+REGISTERED_KINDS = {
+    "fid": (LOWER, False, 2, 0, "fid"), "rfid": (LOWER, False, 2, 0, "fid"), "kid": (LOWER, False, 4, 1, "kid"),
+    "precision": (HIGHER, False, 3, 2, "fraction"), "recall": (HIGHER, False, 3, 2, "fraction"),
+    "inception_score": (HIGHER, False, 2, 3, "inception_score"), "clip_score": (HIGHER, False, 2, 4, "clip_score"),
+    "psnr": (HIGHER, False, 2, 6, "psnr"), "ssim": (HIGHER, False, 4, 7, "ssim"),
+    "lpips": (LOWER, False, 4, 8, "lpips"),
+    "images_per_s": (HIGHER, True, 2, 20, "timing"), "s_per_image": (LOWER, True, None, 21, "timing"),
+    "stage_s_per_image": (LOWER, True, None, 21, "timing"), "gflops_per_forward": (LOWER, True, None, 21, "timing"),
+    "nfe_per_image": (LOWER, False, 1, 22, "count"), "peak_memory_mib": (LOWER, True, 1, 23, "timing"),
+    "stage_share": (EITHER, True, 3, 24, "timing"),
+}
+
+
+def test_registered_rows_keep_their_kinds():
+    from bench.metrics.registry import row_kinds
+    assert set(REGISTERED_KINDS) <= {kind.name for kind in row_kinds()}
+    for name, expected in REGISTERED_KINDS.items():
+        kind = metric_kind(f"{name}[x]")
+        assert (kind.direction, kind.timing, kind.decimals, kind.rank, kind.group) == expected, name
+        assert kind.name == name and kind.label
+
+
+@pytest.mark.parametrize("variant,of", [("fid_clean", "fid"), ("shapes_clip_score", "clip_score"),
+                                        ("stage_time_base", "s_per_image"), ("peak_memory_mb", "peak_memory_mib"),
+                                        ("nfe", "nfe_per_image"), ("train_seconds", "s_per_image")])
+def test_variant_names_take_the_registered_kind(variant: str, of: str):
+    kind, registered = metric_kind(variant), metric_kind(of)
+    assert kind.name == variant and (kind.direction, kind.timing, kind.rank, kind.gate) == \
+        (registered.direction, registered.timing, registered.rank, registered.gate)

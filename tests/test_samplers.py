@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from models.diffusion import VPSchedule, karras_sigmas
-from models.samplers import SAMPLERS, prior_sample, sample_ddim, sample_ddpm, sampling_sigmas
+from models.sampling.diffusion import VPSchedule, karras_sigmas
+from models.sampling.samplers import SAMPLERS, prior_sample, sample_ddim, sample_ddpm, sampling_sigmas
 
 SCHEDULE = VPSchedule.from_name("linear", 1000)
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class FastNoise:
-    """A single-generator stand-in for models.seeding.NoiseSource (same methods the samplers use);
+    """A single-generator stand-in for models.core.seeding.NoiseSource (same methods the samplers use);
     the per-sample streams are tested through Pipeline.sample in test_pixel.py."""
 
     def __init__(self, seed: int) -> None:
@@ -181,7 +181,7 @@ def test_bad_inputs_are_named() -> None:
 def test_thresholded_x0_seen_by_every_sampler_stays_in_range(name: str, mode: str) -> None:
     """Data far outside [-1, 1] (N(0, 3^2)): every x0_hat the sampler sees, and so the final
     sample, is inside [-1, 1] once thresholded (Imagen sec. 2.3)."""
-    from models.guidance import Thresholded
+    from models.sampling.guidance import Thresholded
     seen: list[torch.Tensor] = []
     sigmas = sampling_sigmas(SCHEDULE, name, 12)
     noise = FastNoise(3)

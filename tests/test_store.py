@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.store import SampleStore, StoreMismatchError, read_npz
-from models.interface import BatchContext, Pipeline, PipelineInfo, SampleBatch, SampleRequest, StageInfo
+from models.core.interface import BatchContext, Pipeline, PipelineInfo, SampleBatch, SampleRequest, StageInfo
 
 KEY = {"pipeline": "noise", "seed": 3, "request": {"steps": 2, "prompts": ["a", "bb"]}}
 

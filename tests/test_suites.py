@@ -12,9 +12,9 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from bench.config import register_schema, validate
-from models.registry import CHECKPOINT_DIR
-from suites import SUITES
+from bench.config import ConfigError, register_schema, validate
+from models.core.registry import CHECKPOINT_DIR
+from suites import SUITES, load_suite, prepare_suite
 from suite_helpers import CONF, run_suite
 
 SMALL = ("data.n=24", "metrics.kid_subsets=10", "metrics.speed_repeats=1", "suite.params.speed_n=4")
@@ -45,8 +45,34 @@ def test_every_suite_has_a_config_that_validates(name: str):
     assert (CONF / "suite" / f"{name}.yaml").is_file(), f"conf/suite/{name}.yaml missing"
     cfg = validate(compose_suite(name))
     assert cfg.suite.name == name
+    suite, params = prepare_suite(cfg.suite.name, cfg.suite.params)
+    assert isinstance(params, suite.Params)     # suite.params typed by the suite's own dataclass
     # a sweep axis given on the command line (what `-m ... suite.n=8,16` does per job) is accepted
     assert validate(compose_suite(name, "suite.n=8")).suite.n == 8
+
+
+@pytest.mark.parametrize("overrides, key, allowed", [
+    (("smoke", "+suite.params.no_such=1"), "suite.params.no_such", "'reconstruction'"),   # unknown keys
+    (("smoke", "suite.params.speed_n=many"), "suite.params.speed_n", "int or null"),       # types
+    (("smoke", "suite.params.reconstruction.data=[folder]"), "suite.params.reconstruction.data", "'natural'"),
+    (("smoke", "+suite.params.reconstruction.size=3"), "suite.params.reconstruction.size", "'resolution'"),
+    (("smoke", "+suite.params.stage_overrides={sr1: {stepz: 2}}"), "suite.params.stage_overrides.sr1", "'steps'"),
+    (("f_sweep", "suite.params.budget={steps: null}"), "suite.params.budget", "seconds"),
+    (("f_sweep", "suite.params.train=no_such_recipe"), "suite.params.train", "latent_unet_shapes32"),
+    (("autoencoder_zoo", "+suite.params.prompts=p.txt"), "suite.params.prompts", "'autoencoders'"),
+    (("speed", "suite.params.batches_per_repeat=0"), "suite.params.batches_per_repeat", ">= 1"),
+])
+def test_bad_suite_params_fail_at_start_up_naming_the_key(overrides, key, allowed):
+    cfg = validate(compose_suite(*overrides))
+    with pytest.raises(ConfigError, match=f"'{key}'") as err:
+        prepare_suite(cfg.suite.name, cfg.suite.params)
+    assert allowed in str(err.value), str(err.value)
+
+
+def test_an_unknown_suite_name_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="'suite.name'") as err:
+        load_suite("nosuchsuite")
+    assert all(name in str(err.value) for name in SUITES)
 
 
 def test_smoke_is_the_default_and_lists_every_shipped_pipeline():

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.text_encoders import (
+from models.networks.text_encoders import (
     BOS, EOS, PAD, UNK, ByteTokenizer, HFTextEncoder, OpenClipTextEncoder, TextEncoding,
     TrainableTextEncoder, WordTokenizer, build_text_encoder, masked_mean, tokenize,
 )

@@ -16,8 +16,8 @@ from bench.training import trainer as trainer_module
 from bench.training.config import TrainingConfig, TrainRunConfig, register_train_schema
 from bench.training.state import list_checkpoints
 from bench.training.trainer import drop_conditions, learning_rate, train
-from models.interface import SampleRequest
-from models.registry import build_pipeline
+from models.core.interface import SampleRequest
+from models.core.registry import build_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"unet": {"base_channels": 8, "channel_mults": [1, 2], "attention_resolutions": [4], "num_heads": 2,

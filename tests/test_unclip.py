@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import models.guidance as guidance
-from models.checkpoint import save_checkpoint
-from models.interface import SampleRequest
-from models.reference_clip import ReferenceClip
-from models.registry import CHECKPOINT_DIR, build_pipeline
+import models.sampling.guidance as guidance
+from models.core.checkpoint import save_checkpoint
+from models.core.interface import SampleRequest
+from models.networks.reference_clip import ReferenceClip
+from models.core.registry import CHECKPOINT_DIR, build_pipeline
 
 CLIP = {"embed_dim": 16, "image": {"resolution": 16, "channels": [8, 16]},
         "text": {"tokenizer": {"kind": "byte"}, "width": 16, "layers": 1, "heads": 2, "max_length": 24}}
@@ -117,7 +117,7 @@ def test_prior_is_not_thresholded_unless_asked(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_training_trains_prior_and_decoder_and_leaves_clip_frozen() -> None:
-    from models.unclip import make_trainable
+    from bench.training.families.unclip import make_trainable
     params = {k: v for k, v in TINY.items()}
     trainable = make_trainable("t", params, resolution=16, num_classes=None, class_names=None)
     assert set(trainable.networks) == {"prior", "decoder_cond", "decoder"}    # CLIP is not trained
@@ -169,9 +169,9 @@ SHIPPED = CHECKPOINT_DIR / "unclip_shapes16"
 def test_shipped_unclip_follows_the_prompted_colour() -> None:
     """The shipped checkpoint (16 px decoder output, separate prior/decoder guidance) for "a red
     circle" vs "a blue square": the reference CLIP and the pixel colour rule of
-    models/prompt_alignment.py both tell them apart."""
-    from models.prompt_alignment import alignment
-    from models.reference_clip import load_reference_clip
+    bench/tools/prompt_alignment.py both tell them apart."""
+    from bench.tools.prompt_alignment import alignment
+    from models.networks.reference_clip import load_reference_clip
     pipe = build_pipeline("unclip", "unclip_shapes", checkpoint=str(SHIPPED))
     prompts = ["a red circle"] * 8 + ["a blue square"] * 8
     request = SampleRequest(n=16, prompts=prompts, steps=10, seed=0, guidance_scale=3.0, batch_size=16,

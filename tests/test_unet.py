@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.unet import UNET_PRESETS, UNet, UNetConfig, count_parameters, timestep_embedding, unet_config
+from models.networks.unet import UNET_PRESETS, UNet, UNetConfig, count_parameters, timestep_embedding, unet_config
 
 TINY = dict(resolution=8, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
             num_heads=2, norm_groups=4)

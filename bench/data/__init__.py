@@ -10,25 +10,26 @@
 from __future__ import annotations
 
 from bench.data.base import ImageBatch, ImageSource, SourceDataset
+from bench.data.config import DATASETS, DataConfig
+from bench.data.folder import FolderSource
 from bench.data.images import BadImageError, DataError
+from bench.data.natural import NaturalSource
+from bench.data.npz import NpzSource
+from bench.data.shapes import ShapesSource
 
 __all__ = ["BadImageError", "DataError", "ImageBatch", "ImageSource", "SourceDataset", "build_source"]
 
 
-def build_source(cfg, split: str = "test") -> ImageSource:
-    """`bench.config.DataConfig` -> the configured ImageSource."""
+def build_source(cfg: DataConfig, split: str = "test") -> ImageSource:
+    """The ImageSource the data config names."""
     if cfg.name == "shapes":
-        from bench.data.shapes import ShapesSource
         return ShapesSource(cfg.resolution, cfg.n, cfg.seed, split)
     if cfg.name == "natural":
-        from bench.data.natural import NaturalSource
         return NaturalSource(cfg.resolution, cfg.n, cfg.seed, split)
     if cfg.name in ("folder", "npz"):
         if cfg.root is None:
             raise DataError(f"data.name={cfg.name} needs data.root=PATH (a {'folder of images' if cfg.name == 'folder' else '.npz file'})")
         if cfg.name == "folder":
-            from bench.data.folder import FolderSource
             return FolderSource(cfg.root, cfg.resolution, cfg.n, cfg.captions, cfg.on_bad_file)
-        from bench.data.npz import NpzSource
         return NpzSource(cfg.root, cfg.resolution, cfg.n)
-    raise DataError(f"data.name={cfg.name!r} is not a data source; choose one of ['shapes', 'natural', 'folder', 'npz']")
+    raise DataError(f"data.name={cfg.name!r} is not a data source; choose one of {list(DATASETS)}")

@@ -7,7 +7,7 @@ Everything goes through an *embedder* with two methods,
 and `describe()` (provenance for the row). Two kinds:
   - an open_clip model with weights found by the resolver (`open_clip:<model>:<tag>`);
     the row is `clip_score[<model>/<tag>]`;
-  - the project's own reference CLIP trained on shapes captions (`models.reference_clip`),
+  - the project's own reference CLIP trained on shapes captions (`models.networks.reference_clip`),
     the offline default, under the distinct name `clip_score[shapes-clip]`: it is never
     presented as OpenAI/LAION CLIP.
 """
@@ -19,6 +19,7 @@ from typing import Any, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
+from bench.metrics.base import BatchInputs, ComputeContext, Metric, Resources
 from bench.metrics.summary import RunningMean
 from bench.results import MetricValue
 
@@ -95,11 +96,11 @@ def open_clip_embedder(model_name: str, pretrained: str, device: str | torch.dev
 
 def reference_clip_embedder(device: str | torch.device = "cpu") -> Any:
     try:
-        from models.reference_clip import load_reference_clip
+        from models.networks.reference_clip import load_reference_clip
     except ImportError as err:
         raise ClipUnavailableError(
             f"metrics.clip_model={REFERENCE_CLIP!r} needs the project's reference CLIP "
-            f"(models/reference_clip.py, load_reference_clip), which is not available: {err}. Use an open_clip "
+            f"(models/networks/reference_clip.py, load_reference_clip), which is not available: {err}. Use an open_clip "
             "model with weights instead (metrics.clip_model=ViT-B-32 metrics.clip_pretrained=<tag or file>)") from err
     return load_reference_clip(device)
 
@@ -139,6 +140,12 @@ class ClipScore:
         cosine = (image_emb * text_emb.to(image_emb.device)).sum(dim=-1)
         self.scores.update(100.0 * cosine.clamp(min=0.0))
 
+    def state(self) -> dict[str, Any]:
+        return self.scores.state()
+
+    def merge(self, state: dict[str, Any]) -> None:
+        self.scores.merge(state)
+
     def compute(self) -> MetricValue:
         low, high = self.scores.ci95()
         low = max(low, 0.0)       # per-image scores are >= 0, so is their mean: the normal CI is cut at 0
@@ -147,3 +154,26 @@ class ClipScore:
             details["weights"] = {"name": getattr(self.embedder, "name", REFERENCE_CLIP), "sha256": self.embedder.sha256}
         return MetricValue(clip_metric_name(self.embedder), self.scores.mean, n=self.scores.n,
                            ci_low=low, ci_high=high, details=details)
+
+
+class ClipScoreMetric(Metric):
+    """CLIP score of each generated image against its prompt, with the CLIP model of
+    metrics.clip_model / metrics.clip_pretrained (or a ready embedder)."""
+
+    def __init__(self, cfg: Any, resources: Resources) -> None:
+        super().__init__(cfg, resources)
+        embedder = resources.clip_embedder
+        self.score = ClipScore(embedder if embedder is not None else
+                               build_embedder(cfg.clip_model, cfg.clip_pretrained, resources.device))
+
+    def update(self, inputs: BatchInputs) -> None:
+        self.score.update(inputs.images, inputs.prompts)
+
+    def state(self) -> dict[str, Any]:
+        return self.score.state()
+
+    def merge(self, state: dict[str, Any]) -> None:
+        self.score.merge(state)
+
+    def compute(self, context: ComputeContext) -> list[MetricValue]:
+        return [self.score.compute()]

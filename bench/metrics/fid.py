@@ -5,7 +5,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.metrics.frechet import frechet_distance
+from bench.metrics.base import BatchInputs, ComputeContext, Metric, Resources
+from bench.metrics.frechet import GaussianAccumulator, frechet_distance
+from bench.metrics.registry import INCEPTION_POOL
 from bench.results import MetricValue
 
 
@@ -17,3 +19,26 @@ def fid_from_stats(mu_gen: np.ndarray, sigma_gen: np.ndarray, mu_ref: np.ndarray
     2020); run repeated seeds for a spread."""
     result = frechet_distance(mu_gen, sigma_gen, mu_ref, sigma_ref)
     return MetricValue(metric=name, value=result.value, n=n, details={**(details or {}), **result.details()})
+
+
+class FidMetric(Metric):
+    """FID against the reference moments, from float64 moments of every generated image's pool
+    features streamed batch by batch (constant memory: no features kept)."""
+
+    def __init__(self, cfg: Any, resources: Resources) -> None:
+        super().__init__(cfg, resources)
+        self.gaussian = GaussianAccumulator()
+
+    def update(self, inputs: BatchInputs) -> None:
+        self.gaussian.update(inputs.features[INCEPTION_POOL])
+
+    def state(self) -> dict[str, Any]:
+        return self.gaussian.state()
+
+    def merge(self, state: dict[str, Any]) -> None:
+        self.gaussian.merge(GaussianAccumulator.from_state(state))
+
+    def compute(self, context: ComputeContext) -> list[MetricValue]:
+        mu, sigma = self.gaussian.stats()
+        reference = context.reference
+        return [fid_from_stats(mu, sigma, reference.mu, reference.sigma, n=self.gaussian.n, details=context.details)]

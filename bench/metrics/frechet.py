@@ -83,6 +83,24 @@ class GaussianAccumulator:
         self._outer += torch.from_numpy(cov).to(self._outer) * (n - 1) + n * torch.outer(d, d)
         self.n += n
 
+    def state(self) -> dict:
+        """n, mean and covariance: what another process needs to `merge` these samples in."""
+        if self.n == 0:
+            return {"n": 0}
+        mu, sigma = self.stats()
+        return {"n": self.n, "mu": mu, "sigma": sigma}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "GaussianAccumulator":
+        """An accumulator holding the samples of a `state()`, ready to be merged."""
+        acc = cls()
+        if state["n"]:
+            mu, sigma, n = state["mu"], state["sigma"], state["n"]
+            acc.dim, acc.n, acc._shift = len(mu), n, torch.from_numpy(mu)
+            acc._sum = torch.zeros_like(acc._shift)
+            acc._outer = torch.from_numpy(sigma) * (n - 1)
+        return acc
+
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
         """(mu, sigma) as float64 numpy; sigma is the unbiased sample covariance (as np.cov)."""
         if self.n < 2:

@@ -258,6 +258,16 @@ class FeatureBank:
     def tensor(self) -> torch.Tensor:
         return torch.cat(self._parts) if self._parts else torch.empty(0)
 
+    def state(self) -> dict:
+        """What another process needs to `merge` its features in."""
+        return {"features": self.tensor(), "seen": self.seen}
+
+    def merge(self, state: dict) -> None:
+        """Append another bank's kept features (its `state()`) after ours, and count what it saw."""
+        features = state["features"]
+        self.seen += state["seen"] - len(features)   # `update` counts the rest
+        self.update(features)
+
 
 class SharedFeatures:
     """Features of the current batch, computed once and handed to every metric that asks

@@ -9,9 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.metrics.base import ComputeContext, Metric
+from bench.metrics.registry import INCEPTION_LOGITS
 from bench.results import MetricValue
 
 IS_SEED = 2020   # torch-fidelity's default rng_seed (shuffle before splitting)
+IS_SPLITS = 10   # Salimans et al. 2016 and torch-fidelity's default
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10, seed: int | None = IS_SEED) -> tuple[float, float]:
@@ -38,3 +41,11 @@ def inception_score_value(logits: torch.Tensor, *, splits: int = 10, n: int,
     return MetricValue("inception_score", mean, n=n, ci_low=mean - std, ci_high=mean + std,
                        details={**(details or {}), "is_std": std, "is_splits": splits, "is_seed": IS_SEED,
                                 "ci_kind": "mean +- std over splits", "n_logits": len(logits)})
+
+
+class InceptionScoreMetric(Metric):
+    """IS of the kept logits (the first metrics.max_kept_features generated images); needs no reference."""
+
+    def compute(self, context: ComputeContext) -> list[MetricValue]:
+        return [inception_score_value(context.kept_features(INCEPTION_LOGITS), splits=IS_SPLITS, n=context.n,
+                                      details=context.extractor_details)]

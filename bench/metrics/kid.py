@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.metrics.base import ComputeContext, Metric
+from bench.metrics.registry import INCEPTION_POOL
 from bench.results import MetricValue
 
 KID_SEED = 2020   # torch-fidelity's default rng_seed
@@ -62,3 +64,12 @@ def kid_value(gen: torch.Tensor, ref: torch.Tensor, *, subsets: int, subset_size
         details={**(details or {}), "kid_std": std, "ci_kind": "mean +- std over subsets (torch-fidelity kid_std)",
                  "kid_subsets": subsets, "kid_subset_size": m, "kid_seed": seed,
                  "n_features_generated": len(gen), "n_features_reference": len(ref)})
+
+
+class KidMetric(Metric):
+    """KID between the kept generated and the kept reference pool features."""
+
+    def compute(self, context: ComputeContext) -> list[MetricValue]:
+        return [kid_value(context.kept_features(INCEPTION_POOL), context.reference.require_features("kid"),
+                          subsets=self.cfg.kid_subsets, subset_size=self.cfg.kid_subset_size, n=context.n,
+                          details={**context.details, **context.capped_details(INCEPTION_POOL)})]

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from bench.metrics.base import ComputeContext, Metric
+from bench.metrics.registry import INCEPTION_POOL
 from bench.metrics.summary import wilson_interval
 from bench.results import MetricValue
 
@@ -46,3 +48,13 @@ def precision_recall_values(gen: torch.Tensor, ref: torch.Tensor, *, k: int, n: 
     r_lo, r_hi = wilson_interval(recall * len(ref), len(ref))
     return [MetricValue("precision", precision, n=n, ci_low=p_lo, ci_high=p_hi, details=common),
             MetricValue("recall", recall, n=n, ci_low=r_lo, ci_high=r_hi, details=dict(common))]
+
+
+class PrecisionRecallMetric(Metric):
+    """Precision and recall (k = metrics.pr_k) of the kept generated vs the kept reference pool features."""
+
+    def compute(self, context: ComputeContext) -> list[MetricValue]:
+        details = {**context.details, **context.capped_details(INCEPTION_POOL)}
+        return precision_recall_values(context.kept_features(INCEPTION_POOL),
+                                       context.reference.require_features("precision/recall"), k=self.cfg.pr_k,
+                                       n=context.n, details=details)

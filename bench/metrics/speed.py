@@ -4,7 +4,7 @@
 cuDNN autotuning, torch.compile, allocator growth), then `repeats` timed full runs. Each
 number is the median over the repeats, with the min and max as its interval. Wall time is
 taken around the whole stream with CUDA synchronised at both ends; the per-stage seconds and
-NFE come from the pipeline's own `SampleBatch` bookkeeping (models.interface.BatchContext).
+NFE come from the pipeline's own `SampleBatch` bookkeeping (models.core.interface.BatchContext).
 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` (reset before each repeat); on CPU the
 process's peak resident set size during the repeat, sampled every 5 ms from /proc (or psutil),
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from bench.results import MetricValue
-from models.interface import Pipeline, SampleRequest, synchronize
+from models.core.interface import Pipeline, SampleRequest, synchronize
 
 MIB = 1024 * 1024
 

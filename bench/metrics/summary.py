@@ -28,6 +28,23 @@ class RunningMean:
         self._sum += float(d.sum())
         self._sumsq += float((d * d).sum())
 
+    def state(self) -> dict:
+        """What another process needs to `merge` these values in."""
+        return {"n": self.n, "shift": self._shift, "sum": self._sum, "sumsq": self._sumsq}
+
+    def merge(self, state: dict) -> None:
+        """Add another RunningMean's values (its `state()`), re-expressed around our shift (exact
+        algebra: v - s = (v - s_o) + d with d = s_o - s)."""
+        n = state["n"]
+        if n == 0:
+            return
+        if self._shift is None:
+            self._shift = state["shift"]
+        d = state["shift"] - self._shift
+        self._sum += state["sum"] + n * d
+        self._sumsq += state["sumsq"] + 2 * d * state["sum"] + n * d * d
+        self.n += n
+
     @property
     def mean(self) -> float:
         if self.n == 0:

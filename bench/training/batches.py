@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from bench.progress import progress
-from models.seeding import derive_seed
+from models.core.seeding import derive_seed
 
 
 class TrainingBatches:

@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional
 from hydra.core.config_store import ConfigStore
 
 from bench.config import ConfigError, DataConfig, HardwareConfig, PipelineConfig, _require
-from models.checkpoint import WEIGHT_DTYPES
+from models.core.checkpoint import WEIGHT_DTYPES
 
 
 LR_SCHEDULES = ("constant", "cosine")

@@ -20,7 +20,8 @@ import torch.nn as nn
 from safetensors.torch import load_file, save
 
 from bench.atomic import atomic_write_bytes, atomic_write_json
-from models.checkpoint import save_checkpoint, state_tensors
+from models.core.checkpoint import save_checkpoint, state_tensors
+from models.core.checkpoint import load_weights
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
@@ -86,7 +87,6 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def load_state(path: Path, *, networks: nn.ModuleDict, ema: nn.ModuleDict, optimizer: torch.optim.Optimizer,
                generator: torch.Generator) -> dict[str, Any]:
     """Restore everything `save_state` wrote; returns the JSON part (step, loss log, ...)."""
-    from models.checkpoint import load_weights
     meta = json.loads((path / STATE_JSON).read_text())
     tensors = load_file(str(path / STATE_TENSORS))
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

@@ -1,6 +1,6 @@
 """How a family plugs into the generic trainer, without the trainer knowing the family.
 
-A family module (models.registry.FAMILY_MODULES[family]) that can be trained defines
+A trainable family has a module `bench.training.families.<family>` (TRAINING_MODULES) that defines
 
     make_trainable(name, params, *, resolution, num_classes, class_names) -> Trainable
 
@@ -21,6 +21,11 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import torch
 import torch.nn as nn
 
+from models.core.registry import FAMILY_MODULES
+
+TRAINING_MODULES = {family: f"bench.training.families.{family}"
+                    for family in ("pixel", "cascaded", "latent_unet", "latent_dit", "imagen", "unclip")}
+
 
 @runtime_checkable
 class Trainable(Protocol):
@@ -33,16 +38,16 @@ class Trainable(Protocol):
 
 def make_trainable(family: str, name: str, params: Mapping[str, Any], *, resolution: int,
                    num_classes: int | None, class_names: list[str] | None) -> Trainable:
-    from models.registry import FAMILY_MODULES
     if family not in FAMILY_MODULES:
         raise ValueError(f"pipeline family {family!r} is unknown; known: {sorted(FAMILY_MODULES)}")
-    module = importlib.import_module(FAMILY_MODULES[family])
-    maker = getattr(module, "make_trainable", None)
-    if maker is None:
-        raise ValueError(f"family {family!r} ({FAMILY_MODULES[family]}) cannot be trained with bench.train: "
-                         "it defines no make_trainable(name, params, *, resolution, num_classes, class_names)")
-    trainable = maker(name, dict(params), resolution=resolution, num_classes=num_classes, class_names=class_names)
+    if family not in TRAINING_MODULES:
+        raise ValueError(f"family {family!r} cannot be trained with bench.train; trainable families: "
+                         f"{sorted(TRAINING_MODULES)}")
+    # Imported on demand: a family's training code pulls in its losses (e.g. LPIPS-vgg) and data.
+    module = importlib.import_module(TRAINING_MODULES[family])
+    trainable = module.make_trainable(name, dict(params), resolution=resolution, num_classes=num_classes,
+                                      class_names=class_names)
     if not isinstance(trainable, Trainable):
-        raise TypeError(f"{FAMILY_MODULES[family]}.make_trainable returned {type(trainable).__name__}, "
+        raise TypeError(f"{TRAINING_MODULES[family]}.make_trainable returned {type(trainable).__name__}, "
                         "which lacks networks / training_loss / checkpoint_config")
     return trainable

@@ -27,7 +27,8 @@ from bench.training.batches import TrainingBatches
 from bench.training.config import TrainingConfig, TrainRunConfig
 from bench.training.state import list_checkpoints, load_state, save_state
 from bench.training.trainable import make_trainable
-from models.checkpoint import MODEL_FILE, load_config, load_weights, save_checkpoint
+from models.core.checkpoint import MODEL_FILE, load_config, load_weights, save_checkpoint
+from models.core.registry import resolve_checkpoint
 
 log = logging.getLogger("bench.train")
 
@@ -59,7 +60,6 @@ def init_from_checkpoint(networks: nn.ModuleDict, checkpoint: str, config: dict[
     """Fine-tuning start: load a checkpoint's weights (a directory or a shipped name), refusing one
     whose networks or tensor shapes differ. Configs are compared loosely (an exported autoencoder
     records its fitted latent scale)."""
-    from models.registry import resolve_checkpoint
     directory = resolve_checkpoint(checkpoint)
     theirs, ours = load_config(directory).get("networks") or {}, config.get("networks") or {}
     if set(theirs) != set(ours):

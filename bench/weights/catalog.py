@@ -163,7 +163,7 @@ KNOWN: dict[str, WeightSpec] = {spec.name: spec for spec in (
 def open_clip_spec(model: str, pretrained: str) -> WeightSpec:
     """Spec for `open_clip:<model>:<pretrained tag>`: the checkpoint open_clip would download
     (not pinned: open_clip publishes no checksums; the row records the sha256 found)."""
-    import open_clip
+    import open_clip  # here, not at the top: a heavy import only CLIP-score runs need
     cfg = open_clip.get_pretrained_cfg(model, pretrained)
     if not cfg:
         raise WeightsNotFoundError(

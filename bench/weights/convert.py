@@ -61,6 +61,7 @@ def torch_fidelity_inception() -> torch.nn.Module:
     """torch-fidelity's `FeatureExtractorInceptionV3` with its initial (random) weights and no
     download: its constructor loads weights strictly (with a full pickle load) or fetches them,
     so it is handed an empty state dict, which this subclass ignores. Load yours afterwards."""
+    # Imported here: only the torch-fidelity layout needs it, and it is slow to import.
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     class _Deferred(FeatureExtractorInceptionV3):

@@ -1,0 +1,1 @@
+"""Command-line tools around the models: prompt alignment, reference-CLIP training, latent grids."""

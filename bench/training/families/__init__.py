@@ -1,0 +1,1 @@
+"""Per-family training plug-ins for the generic trainer (bench.training.trainable.TRAINING_MODULES)."""

@@ -1,0 +1,297 @@
+"""The one interface every pipeline family implements (DESIGN.md, "The one interface").
+
+A pipeline turns a `SampleRequest` into a stream of `SampleBatch`es. The base class owns
+everything that must be identical across families, so no family re-implements it:
+
+- batching over global sample indices (sample i is the same image whatever the batch size,
+  world size or resume point: its noise comes only from (seed, i), see `models.core.seeding`);
+- per-stage wall time (CUDA-synchronised) and network-evaluation counts (NFE per image,
+  CFG's doubled batch counted as two evaluations) via `BatchContext`;
+- conversion of the final [-1, 1] float images to uint8.
+
+A family implements `info`, `networks()` and `generate(ctx)`.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+
+from models.core.seeding import NoiseSource
+
+CONDITIONING_KINDS = ("none", "class", "text")
+STAGE_KINDS = ("text_encoder", "prior", "denoiser", "super_resolution", "decoder", "loader")
+THRESHOLDING_MODES = ("none", "static", "dynamic")
+# Settings a request may override per stage (e.g. a super-resolution stage's own steps or
+# its noise-conditioning-augmentation level, Ho et al. 2022 sec. 3.2).
+STAGE_SETTINGS = (
+    "guidance_scale", "sampler", "steps", "eta", "thresholding",
+    "dynamic_threshold_percentile", "noise_aug",
+)
+
+
+class RequestError(ValueError):
+    """A request that cannot be served by this pipeline; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    name: str                      # unique within a pipeline: "base", "sr1", "prior", "decoder", ...
+    kind: str                      # one of STAGE_KINDS
+    resolution: int | None = None  # spatial size of what the stage outputs, where it outputs images
+
+    def __post_init__(self) -> None:
+        if self.kind not in STAGE_KINDS:
+            raise ValueError(f"stage {self.name!r}: kind {self.kind!r} is not one of {STAGE_KINDS}")
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    name: str
+    family: str
+    resolution: int
+    conditioning: str              # one of CONDITIONING_KINDS
+    stages: tuple[StageInfo, ...]
+    num_classes: int | None = None  # for class conditioning
+
+    def __post_init__(self) -> None:
+        if self.conditioning not in CONDITIONING_KINDS:
+            raise ValueError(f"conditioning {self.conditioning!r} is not one of {CONDITIONING_KINDS}")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.stages)
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """The effective sampling settings of one stage: request defaults + that stage's overrides."""
+    guidance_scale: float
+    sampler: str
+    steps: int
+    eta: float
+    thresholding: str
+    dynamic_threshold_percentile: float
+    noise_aug: float | None = None
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """What to sample. Conditions cycle over global indices: sample i gets
+    prompts[i % len(prompts)] (or labels[...]), so any index range is self-contained."""
+    n: int
+    seed: int = 0
+    start_index: int = 0
+    prompts: Sequence[str] | None = None
+    labels: Sequence[int] | None = None
+    guidance_scale: float = 1.0
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    thresholding: str = "none"
+    dynamic_threshold_percentile: float = 0.995
+    stage_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        def bad(key: str, why: str) -> RequestError:
+            return RequestError(f"SampleRequest.{key}: {why}")
+        if self.n < 0:
+            raise bad("n", f"must be >= 0, got {self.n}")
+        if self.start_index < 0:
+            raise bad("start_index", f"must be >= 0, got {self.start_index}")
+        if self.batch_size < 1:
+            raise bad("batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.thresholding not in THRESHOLDING_MODES:
+            raise bad("thresholding", f"{self.thresholding!r} is not one of {THRESHOLDING_MODES}")
+        if not 0.0 < self.dynamic_threshold_percentile <= 1.0:
+            raise bad("dynamic_threshold_percentile", "must be in (0, 1]")
+        if self.prompts is not None and len(self.prompts) == 0:
+            raise bad("prompts", "is empty; pass at least one prompt or None")
+        if self.labels is not None and len(self.labels) == 0:
+            raise bad("labels", "is empty; pass at least one label or None")
+        for stage, overrides in self.stage_overrides.items():
+            unknown = set(overrides) - set(STAGE_SETTINGS)
+            if unknown:
+                raise bad(f"stage_overrides[{stage!r}]", f"unknown settings {sorted(unknown)}; allowed: {STAGE_SETTINGS}")
+        # the samplers trust this check of steps, for the request and every stage's override
+        steps = {"steps": self.steps, **{f"stage_overrides[{stage!r}].steps": overrides["steps"]
+                                         for stage, overrides in self.stage_overrides.items() if "steps" in overrides}}
+        for key, value in steps.items():
+            if value < 1:
+                raise bad(key, f"must be >= 1, got {value}")
+
+    @property
+    def indices(self) -> range:
+        return range(self.start_index, self.start_index + self.n)
+
+    def with_range(self, start_index: int, n: int) -> "SampleRequest":
+        return replace(self, start_index=start_index, n=n)
+
+    def prompt_for(self, index: int) -> str | None:
+        return None if self.prompts is None else self.prompts[index % len(self.prompts)]
+
+    def label_for(self, index: int) -> int | None:
+        return None if self.labels is None else int(self.labels[index % len(self.labels)])
+
+    def settings_for(self, stage: str) -> StageSettings:
+        base = dict(
+            guidance_scale=self.guidance_scale, sampler=self.sampler, steps=self.steps, eta=self.eta,
+            thresholding=self.thresholding, dynamic_threshold_percentile=self.dynamic_threshold_percentile,
+            noise_aug=None,
+        )
+        base.update(self.stage_overrides.get(stage, {}))
+        return StageSettings(**base)
+
+
+@dataclass
+class SampleBatch:
+    images: torch.Tensor                 # uint8, NCHW, on CPU
+    indices: torch.Tensor                # int64 global sample indices, shape (N,)
+    prompts: list[str] | None
+    labels: torch.Tensor | None          # int64 (N,) or None
+    stage_seconds: dict[str, float]      # wall time per stage for this batch
+    stage_nfe: dict[str, float]          # network evaluations per image per stage
+    stage_outputs: dict[str, torch.Tensor] = field(default_factory=dict)  # uint8 intermediates (cascades)
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float NCHW -> uint8 NCHW on CPU (round to nearest, clip)."""
+    if images.dtype == torch.uint8:
+        return images.cpu()
+    return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class BatchContext:
+    """Everything `Pipeline.generate` needs for one batch, and the one place that measures it."""
+
+    def __init__(self, request: SampleRequest, indices: Sequence[int], device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.request = request
+        self.indices = list(indices)
+        self.device = device
+        self.dtype = dtype
+        self.prompts = None if request.prompts is None else [request.prompt_for(i) for i in self.indices]
+        self.labels = None if request.labels is None else torch.tensor(
+            [request.label_for(i) for i in self.indices], dtype=torch.long)
+        self.stage_seconds: dict[str, float] = {}
+        self.stage_nfe: dict[str, float] = {}
+        self.stage_outputs: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def settings(self, stage: str) -> StageSettings:
+        return self.request.settings_for(stage)
+
+    def noise(self, stream: str) -> NoiseSource:
+        """Per-sample random streams for one purpose (e.g. "base", "sr1:aug"); see models.core.seeding."""
+        return NoiseSource(self.request.seed, self.indices, stream, self.device, self.dtype)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage. CUDA work is asynchronous, so synchronise on both edges."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize(self.device)
+            self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def counted(self, stage: str, network: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap a network so each call adds (rows evaluated / images in batch) to the stage's NFE.
+        A CFG call on the doubled batch thus counts 2 per image, honestly."""
+        def call(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            self.stage_nfe[stage] = self.stage_nfe.get(stage, 0.0) + x.shape[0] / len(self.indices)
+            return network(x, *args, **kwargs)
+        return call
+
+    def keep(self, stage: str, images: torch.Tensor) -> None:
+        """Expose an intermediate stage output (e.g. a cascade's base images) as uint8."""
+        self.stage_outputs[stage] = to_uint8(images)
+
+
+class Pipeline(ABC):
+    """Base class of every family. Subclasses set `info` and implement `networks` and `generate`."""
+
+    info: PipelineInfo
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    @abstractmethod
+    def networks(self) -> Mapping[str, torch.nn.Module]:
+        """The torch modules this pipeline runs, by stage or role (moved by `to`, counted in reports)."""
+
+    @abstractmethod
+    def generate(self, ctx: BatchContext) -> torch.Tensor:
+        """Produce images for ctx.indices as float NCHW in [-1, 1] (or uint8), timing each
+        stage with `ctx.stage(name)` and wrapping networks with `ctx.counted(name, net)`."""
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "Pipeline":
+        self.device = torch.device(device)
+        if dtype is not None:
+            self.dtype = dtype
+        for net in self.networks().values():
+            net.to(device=self.device, dtype=self.dtype)
+        return self
+
+    def compile_networks(self, **options: Any) -> None:
+        """torch.compile every network in place (nn.Module.compile: weights, state_dict keys and
+        `to` are unchanged); `options` go to torch.compile, e.g. backend="eager" in tests."""
+        for net in self.networks().values():
+            net.compile(**options)
+
+    def check_request(self, request: SampleRequest) -> None:
+        """Reject requests this pipeline cannot honour, with an actionable message."""
+        cond = self.info.conditioning
+        if cond == "text" and request.prompts is None:
+            raise RequestError(f"pipeline {self.info.name!r} is text-conditioned: the request needs prompts")
+        if cond == "class":
+            if request.labels is None:
+                raise RequestError(f"pipeline {self.info.name!r} is class-conditioned: the request needs labels")
+            bad = [lab for lab in request.labels if not 0 <= int(lab) < (self.info.num_classes or 0)]
+            if bad:
+                raise RequestError(f"pipeline {self.info.name!r}: labels {bad[:5]} outside [0, {self.info.num_classes})")
+        unknown = set(request.stage_overrides) - set(self.info.stage_names)
+        if unknown:
+            raise RequestError(f"stage_overrides names stages {sorted(unknown)} that pipeline "
+                               f"{self.info.name!r} does not have; its stages: {list(self.info.stage_names)}")
+
+    def sample(self, request: SampleRequest) -> Iterator[SampleBatch]:
+        self.check_request(request)
+        for net in self.networks().values():
+            net.eval()
+        end = request.start_index + request.n
+        for start in range(request.start_index, end, request.batch_size):
+            indices = range(start, min(start + request.batch_size, end))
+            ctx = BatchContext(request, indices, self.device, self.dtype)
+            with torch.inference_mode():
+                images = self.generate(ctx)
+            yield SampleBatch(
+                images=to_uint8(images),
+                indices=torch.tensor(list(indices), dtype=torch.long),
+                prompts=ctx.prompts,
+                labels=ctx.labels,
+                stage_seconds=ctx.stage_seconds,
+                stage_nfe=ctx.stage_nfe,
+                stage_outputs=ctx.stage_outputs,
+            )
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for net in self.networks().values() for p in net.parameters())

@@ -1,0 +1,185 @@
+"""Family `external`: samples made elsewhere, served as a pipeline.
+
+A folder of images or an ADM-style npz (`arr_0` uint8 NHWC, optional `arr_1` labels) becomes a
+pipeline whose `generate` returns the stored image i for sample index i, so every suite and
+metric works on it unchanged. With a prompts file it is text-conditioned: sample i's prompt is
+line i of the file (for CLIP score), whatever prompts the request carried. Reading is timed as
+the `loader` stage; there is no network, so no NFE.
+
+`params.source: diffusers` instead wraps a diffusers pipeline (`models.families.diffusers`).
+
+Config (conf/pipeline/external_*.yaml):
+    family: external
+    params: {path: samples.npz, prompts: prompts.txt, resolution: null, source: null}
+`source` is inferred from `path` (a directory -> folder, a file -> npz); `resolution` defaults
+to the images' own size (a folder: the shorter side of its first image); other sizes are
+center-cropped and resized by the data rule (`bench.data.images`).
+"""
+from __future__ import annotations
+
+import logging
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from models.core.interface import (BatchContext, Pipeline, PipelineInfo, RequestError, SampleBatch,
+                              SampleRequest, StageInfo)
+from models.core.registry import register_family
+
+log = logging.getLogger(__name__)
+SOURCES = ("folder", "npz", "diffusers")
+ALL = 2 ** 62        # DataConfig.n for "every image in the file"
+
+
+class ExternalSamples(Pipeline):
+    """Stored images as a pipeline: sample i is item i of an `ImageSource`."""
+
+    def __init__(self, name: str, source: Any, prompts: Sequence[str] | None = None) -> None:
+        self.source = source
+        self.prompts = list(prompts) if prompts is not None else None
+        if self.prompts is not None and len(self.prompts) < len(source):
+            raise ValueError(f"external pipeline {name!r}: {len(self.prompts)} prompts for {len(source)} images; "
+                             "the prompts file needs one prompt per image, in the images' order")
+        self.info = PipelineInfo(name=name, family="external", resolution=source.resolution,
+                                 conditioning="text" if self.prompts is not None else "none",
+                                 stages=(StageInfo("loader", "loader", source.resolution),))
+        # what the samples are, for the run manifest
+        location = source.root if isinstance(getattr(source, "root", None), Path) else getattr(source, "path", "")
+        self.provenance = {"source": source.name, "path": str(location), "images": len(source),
+                           "fingerprint": source.fingerprint()}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {}
+
+    def bind(self, request: SampleRequest) -> SampleRequest:
+        """The request as this pipeline serves it: prompts are the file's (sample i was made
+        from prompt i), not whatever the request carried."""
+        if self.prompts is None:
+            return request
+        if request.prompts is not None and list(request.prompts[:len(self.prompts)]) != self.prompts[:len(request.prompts)]:
+            log.info("external pipeline %s: using the prompts of its prompts file, not the request's", self.info.name)
+        return replace(request, prompts=self.prompts[:len(self.source)])
+
+    def check_request(self, request: SampleRequest) -> None:
+        super().check_request(request)
+        end = request.start_index + request.n
+        if end > len(self.source):
+            raise RequestError(f"external pipeline {self.info.name!r} holds {len(self.source)} images "
+                               f"({self.source!r}) but the request asks for indices up to {end - 1}; "
+                               f"lower suite.n to at most {len(self.source)}")
+
+    def sample(self, request: SampleRequest) -> Iterator[SampleBatch]:
+        return super().sample(self.bind(request))
+
+    def generate(self, ctx: BatchContext) -> torch.Tensor:
+        with ctx.stage("loader"):
+            images, labels = self._load(ctx.indices)
+        if labels is not None and ctx.labels is None:
+            ctx.labels = labels          # stored class labels (ADM npz arr_1) travel with the images
+        return images
+
+    def _load(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        start, stop = indices[0], indices[-1] + 1
+        if indices == list(range(start, stop)):
+            batches = list(self.source.iter_batches(len(indices), start=start, stop=stop))
+            if len(batches) == 1 and batches[0].indices.tolist() == indices:
+                return batches[0].images, batches[0].labels
+        images = torch.stack([torch.from_numpy(np.ascontiguousarray(self.source.load_image(i))).permute(2, 0, 1)
+                              for i in indices])
+        labels = None
+        if getattr(self.source, "has_labels", False):
+            labels = torch.tensor([self.source.label(i) for i in indices], dtype=torch.long)
+        return images, labels
+
+
+# -- building ------------------------------------------------------------------------------
+def npz_image_shape(path: Path) -> tuple[int, ...]:
+    """arr_0's shape from its .npy header, without reading the images (compressed or not)."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("arr_0.npy") as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape = np.lib.format.read_array_header_1_0(member)[0]
+            elif version == (2, 0):
+                shape = np.lib.format.read_array_header_2_0(member)[0]
+            else:                          # rare .npy versions: read the array to learn its shape
+                with np.load(path) as data:
+                    shape = data["arr_0"].shape
+    except (zipfile.BadZipFile, KeyError, ValueError) as err:
+        raise ValueError(f"npz file {path}: cannot read arr_0 ({err}); it must be an ADM-style npz "
+                         "written by np.savez(path, images_uint8_nhwc[, labels])") from None
+    if len(shape) != 4:
+        raise ValueError(f"npz file {path}: arr_0 has shape {tuple(shape)}, expected N x H x W x 3 uint8")
+    return tuple(int(s) for s in shape)
+
+
+def folder_image_size(path: Path) -> int:
+    from PIL import Image
+
+    from bench.data.folder import list_images
+    files = list_images(path)
+    if not files:
+        raise ValueError(f"image folder {path} contains no images; check params.path")
+    with Image.open(path / files[0]) as image:
+        return min(image.size)
+
+
+def build_external_samples(name: str, path: str | Path, source: str | None = None,
+                           prompts: str | Path | None = None, resolution: int | None = None,
+                           n: int | None = None) -> ExternalSamples:
+    from bench.data import build_source
+    from bench.data.config import DataConfig
+    from bench.data.prompts import load_prompts
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"external pipeline {name!r}: params.path {path} does not exist; "
+                                "give a folder of images or an ADM-style .npz of samples")
+    kind = source or ("folder" if path.is_dir() else "npz")
+    if kind not in ("folder", "npz"):
+        raise ValueError(f"external pipeline {name!r}: params.source={kind!r}; choose one of {list(SOURCES)}")
+    if resolution is None:
+        resolution = npz_image_shape(path)[1] if kind == "npz" else folder_image_size(path)
+    captions = None
+    if kind == "folder" and prompts is not None and Path(prompts).suffix.lower() == ".csv" \
+            and _csv_has_file_column(Path(prompts)):
+        captions = str(prompts)           # a file,caption table: prompts matched to files by name
+    cfg = DataConfig(name=kind, resolution=int(resolution), n=n or ALL, root=str(path), captions=captions)
+    data = build_source(cfg)
+    if captions is not None:
+        prompt_list = list(data.captions)
+    else:
+        prompt_list = load_prompts(prompts) if prompts is not None else None
+    return ExternalSamples(name, data, prompt_list)
+
+
+def _csv_has_file_column(path: Path) -> bool:
+    with open(path, encoding="utf-8-sig") as handle:
+        header = handle.readline()
+    return "file" in [c.strip() for c in header.split(",")]
+
+
+@register_family("external")
+def build(name: str, checkpoint: Path | None = None, **params: Any) -> Pipeline:
+    source = params.get("source")
+    if checkpoint is not None:
+        raise ValueError(f"external pipeline {name!r}: pipeline.checkpoint is not used by this family; set "
+                         "params.path (a folder or npz of samples) or params.model (diffusers) instead")
+    if source == "diffusers":
+        from models.families.diffusers import build_diffusers
+        return build_diffusers(name, **{k: v for k, v in params.items() if k != "source"})
+    if "path" not in params:
+        raise ValueError(f"external pipeline {name!r} needs params.path (a folder of images or an .npz), "
+                         "or params.source=diffusers with params.model")
+    allowed = {"path", "source", "prompts", "resolution", "n"}
+    unknown = set(params) - allowed
+    if unknown:
+        raise ValueError(f"external pipeline {name!r}: unknown params {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return build_external_samples(name, **params)
