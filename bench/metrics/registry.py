@@ -169,6 +169,12 @@ register(MetricSpec("precision_recall", "bench.metrics.precision_recall:Precisio
     MetricKind("precision", "Precision", HIGHER, _FRACTION, decimals=3, rank=2, group="fraction", variants="precision"),
     MetricKind("recall", "Recall", HIGHER, _FRACTION, decimals=3, rank=2, group="fraction", variants="recall"),
 ), keeps=frozenset({INCEPTION_POOL}), reference=FEATURES))
+register(MetricSpec("density_coverage", "bench.metrics.density_coverage:DensityCoverageMetric",
+                    frozenset({INCEPTION_POOL}), (
+    MetricKind("density", "Density", HIGHER, GateDefaults(abs=0.02, rel=0.02), decimals=3, rank=2, group="density",
+               variants="density"),
+    MetricKind("coverage", "Coverage", HIGHER, _FRACTION, decimals=3, rank=2, group="fraction", variants="coverage"),
+), keeps=frozenset({INCEPTION_POOL}), reference=FEATURES))
 register(MetricSpec("inception_score", "bench.metrics.inception_score:InceptionScoreMetric",
                     frozenset({INCEPTION_LOGITS}), (
     MetricKind("inception_score", "IS", HIGHER, GateDefaults(abs=0.05, rel=0.02), decimals=2, rank=3,
