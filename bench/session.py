@@ -17,12 +17,17 @@ from omegaconf import OmegaConf
 
 from bench.config import Config, DataConfig, MetricsConfig, PipelineConfig
 from bench.data.config import BUNDLED_DATASETS
+from bench.data.prompts import load_prompts, shapes_prompts
 from bench.device import resolve_device, resolve_dtype
 from bench.distributed import World, barrier, reduce_metrics, shard
+from bench.metrics import build_metrics
+from bench.metrics.inception import build_inception
 from bench.metrics.registry import INCEPTION_INPUTS, INCEPTION_LOGITS, needs_of
 from bench.progress import progress
 from bench.results import MetricValue, RunContext, make_row
+from bench.store import SampleStore
 from models.core.interface import Pipeline, SampleBatch, SampleRequest
+from models.core.registry import build_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +71,6 @@ class Session:
     def load_pipeline(self, name: str | None = None) -> Pipeline:
         spec = self.pipeline_config(name)
         if spec.name not in self._pipelines:
-            from models.core.registry import build_pipeline
             log.info("loading pipeline %s (family %s, checkpoint %s)", spec.name, spec.family, spec.checkpoint)
             pipe = build_pipeline(spec.family, spec.name, spec.checkpoint, **spec.params)
             pipe.to(self.device, self.dtype)
@@ -114,9 +118,7 @@ class Session:
     def prompts(self, n: int) -> list[str]:
         prompt_file = self.cfg.suite.params.get("prompts")
         if prompt_file:
-            from bench.data.prompts import load_prompts
             return load_prompts(prompt_file)
-        from bench.data.prompts import shapes_prompts
         return shapes_prompts(n, self.cfg.data.seed)
 
     # -- metrics -----------------------------------------------------------------------
@@ -132,7 +134,6 @@ class Session:
                    metrics: MetricsConfig | None = None):
         """A fresh accumulator set; reference statistics come from the on-disk cache, so
         building one per sweep point costs no recomputation."""
-        from bench.metrics import build_metrics
         mcfg = replace(metrics or self.cfg.metrics, names=list(names))
         extractor = self.inception(mcfg) if needs_of(names) & INCEPTION_INPUTS else None
 
@@ -149,7 +150,6 @@ class Session:
 
     def inception(self, metrics: MetricsConfig | None = None):
         """The Inception feature extractor, loaded once per (resize mode, logits) and shared."""
-        from bench.metrics.inception import build_inception
         mcfg = metrics or self.cfg.metrics
         need_logits = INCEPTION_LOGITS in needs_of(mcfg.names)
         key = ("inception", mcfg.resize_mode, need_logits)
@@ -183,7 +183,6 @@ class Session:
     def _store(self, pipe: Pipeline, request: SampleRequest, point: Mapping[str, Any]):
         if not self.cfg.store_samples:
             return None
-        from bench.store import SampleStore
         point_id = "_".join(f"{k}={v}" for k, v in sorted(point.items())) or "default"
         key = {"pipeline": pipe.info.name, "request": _request_key(request), "point": dict(point),
                "dtype": str(self.dtype)}

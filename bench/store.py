@@ -38,6 +38,7 @@ import torch
 
 from bench.atomic import atomic_write, atomic_write_json
 from models.core.interface import SampleBatch
+from bench.data.npz import stored_array_layout
 
 FORMAT = "diffbench-samples/1"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)   # the earliest zip timestamp; npz members get it, not "now"
@@ -75,7 +76,6 @@ def read_npz(path: Path, names: Sequence[str] | None = None) -> dict[str, np.nda
 def map_npz(path: Path) -> dict[str, np.ndarray]:
     """Members of an uncompressed npz, the numeric ones memory-mapped in place (reading a
     batch of a 512 px shard then touches only its rows)."""
-    from bench.data.npz import stored_array_layout
     with zipfile.ZipFile(path) as archive:
         members = archive.namelist()
     arrays = {}

@@ -6,6 +6,7 @@ from typing import Any, Mapping, Sequence
 
 from bench.metrics.registry import sampled_names, spec
 from models.core.interface import Pipeline
+from bench.metrics.speed import measure_speed
 
 
 def applicable_metrics(names: Sequence[str], pipe: Pipeline) -> list[str]:
@@ -28,7 +29,6 @@ def quality_and_speed(session, pipe: Pipeline, point: Mapping[str, Any] | None =
         request = session.request(pipe, **request_overrides)
         session.evaluate(pipe, request, metrics, point, data=session.data_for(pipe))
     if "speed" in names and session.world.is_main:   # timed on one process, not contended
-        from bench.metrics.speed import measure_speed
         n = session.cfg.hardware.batch_size if speed_n is None else speed_n
         request = session.request(pipe, n=n, **request_overrides)
         values = measure_speed(pipe, request, repeats=session.cfg.metrics.speed_repeats, warmup=1)

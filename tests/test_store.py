@@ -263,9 +263,9 @@ def test_a_session_killed_three_times_resumes_to_byte_identical_shards(tmp_path,
     one uninterrupted run, each batch sampled exactly once after the kills, no parts left."""
     import functools
 
-    import bench.store
+    import bench.session
     from bench.session import Session
-    monkeypatch.setattr(bench.store, "SampleStore", functools.partial(SampleStore, shard_size=4))
+    monkeypatch.setattr(bench.session, "SampleStore", functools.partial(SampleStore, shard_size=4))
     n, batch_size = 30, 2        # 15 batches; each killed run samples at most 4: every kill is mid-run
     cfg = compose_config("pipeline=pixel_untrained", "sampler.steps=3", f"suite.n={n}", "hardware=cpu",
                          f"hardware.batch_size={batch_size}", "quiet=true")

@@ -16,6 +16,7 @@ They agree to ~1e-6 (tests/test_metrics_inception.py).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -136,7 +137,6 @@ class TorchScriptInception(nn.Module):
 
     def __init__(self, path: str) -> None:
         super().__init__()
-        import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)   # torch.jit.load is deprecated, still works
             self.net = torch.jit.load(path, map_location="cpu").eval()

@@ -21,6 +21,7 @@ from bench.metrics.inception import POOL_FEATURES
 from bench.metrics.summary import RunningMean
 from bench.results import MetricValue
 from bench.weights import load_state_dict, resolve
+import lpips
 
 SSIM_SIGMA, SSIM_TAPS = 1.5, 11   # Wang et al. 2004; skimage: truncate 3.5 -> radius int(3.5*1.5+0.5)=5
 LPIPS_BACKBONES = {"alex": "alexnet_imagenet_features", "vgg": "vgg16_imagenet_features"}
@@ -60,7 +61,6 @@ def load_lpips(net: str = "alex", device: str | torch.device = "cpu",
     lpips's `pn.alexnet`/`pn.vgg16` keep torchvision's `features.N` modules under their original
     index inside slices (slice1 holds features.0-1, slice2 features.2-4, ... for AlexNet), so
     `sliceK.N.weight` <- `features.N.weight` for every key."""
-    import lpips
     if net not in LPIPS_BACKBONES:
         raise ValueError(f"LPIPS backbone {net!r} is not one of {sorted(LPIPS_BACKBONES)}")
     backbone = resolve(LPIPS_BACKBONES[net], backbone_path)

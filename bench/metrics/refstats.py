@@ -29,6 +29,7 @@ from bench.atomic import atomic_write
 from bench.paths import default_cache_dir
 from bench.metrics.frechet import GaussianAccumulator
 from bench.metrics.inception import POOL_FEATURES, FeatureBank
+from bench.progress import progress
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -89,7 +90,6 @@ def cache_path(cache_dir: Path, source_name: str, key: dict[str, Any]) -> Path:
 def compute_reference(source: Any, extractor: Any, *, n: int, keep_features: int = 0, batch_size: int = 64,
                       num_workers: int = 0, quiet: bool = True) -> ReferenceStats:
     """Stream the first n images of an ImageSource through the extractor."""
-    from bench.progress import progress
     gaussian, bank = GaussianAccumulator(), FeatureBank(keep_features)
     bar = progress(total=n, desc=f"reference {source.name}", unit="img", disable=quiet)
     for batch in source.iter_batches(batch_size, 0, n, num_workers=num_workers):

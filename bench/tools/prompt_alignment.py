@@ -13,24 +13,24 @@
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from scipy import ndimage
+from torchvision.utils import make_grid
 
 from bench.data.prompts import COLOURS, KINDS
 from bench.data.shapes import COLOUR_RGB
-from scipy import ndimage
 from models.core.interface import SampleRequest
-import json
-from pathlib import Path
-from omegaconf import OmegaConf
-from models.networks.reference_clip import load_reference_clip
 from models.core.registry import build_pipeline
-from PIL import Image
-from torchvision.utils import make_grid
+from models.networks.reference_clip import load_reference_clip
 
 CHROMA_MIN = 60.0         # max - min channel; backgrounds <= 50 (beige), shape colours >= 180
 CIRCLE_MIN_FILL = 0.73    # area / (pi d_max^2) at or above: circle (best split on real 32 px shapes, 88%)

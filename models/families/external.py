@@ -25,9 +25,21 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
-from models.core.interface import (BatchContext, Pipeline, PipelineInfo, RequestError, SampleBatch,
-                              SampleRequest, StageInfo)
+from bench.data import build_source
+from bench.data.config import DataConfig
+from bench.data.folder import list_images
+from bench.data.prompts import load_prompts
+from models.core.interface import (
+    BatchContext,
+    Pipeline,
+    PipelineInfo,
+    RequestError,
+    SampleBatch,
+    SampleRequest,
+    StageInfo,
+)
 from models.core.registry import register_family
 
 log = logging.getLogger(__name__)
@@ -121,9 +133,7 @@ def npz_image_shape(path: Path) -> tuple[int, ...]:
 
 
 def folder_image_size(path: Path) -> int:
-    from PIL import Image
 
-    from bench.data.folder import list_images
     files = list_images(path)
     if not files:
         raise ValueError(f"image folder {path} contains no images; check params.path")
@@ -134,9 +144,6 @@ def folder_image_size(path: Path) -> int:
 def build_external_samples(name: str, path: str | Path, source: str | None = None,
                            prompts: str | Path | None = None, resolution: int | None = None,
                            n: int | None = None) -> ExternalSamples:
-    from bench.data import build_source
-    from bench.data.config import DataConfig
-    from bench.data.prompts import load_prompts
 
     path = Path(path).expanduser()
     if not path.exists():

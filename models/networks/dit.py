@@ -26,9 +26,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from models.core.checkpoint import register_network_type
-from torch.utils.flop_counter import FlopCounterMode
 
 BLOCKS = ("adaln_zero", "adaln", "cross_attention", "in_context")
 PATCH_SIZES = (2, 4, 8)

@@ -16,18 +16,25 @@ forward(x, t, y=None, context=None, extra=None, cond_image=None). Text-only: no 
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from models.core.checkpoint import register_network_type
-from models.networks.unet import Level, ResBlock, SelfAttentionBlock, SpatialTransformer, timestep_embedding, zero_module
-import statistics
-import time
-from torch.utils.flop_counter import FlopCounterMode
+from models.networks.unet import (
+    Level,
+    ResBlock,
+    SelfAttentionBlock,
+    SpatialTransformer,
+    timestep_embedding,
+    zero_module,
+)
 
 SKIP_SCALE = 1 / math.sqrt(2)
 

@@ -26,12 +26,25 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
+from bench.atomic import atomic_write_json
 from bench.data import build_source
 from bench.data.config import DataConfig
-from models.networks.autoencoder import (Autoencoder, AutoencoderConfig, autoencoder_spec, compute_scale_factor,
-                                load_autoencoder)
-from bench.training.families.autoencoder_loss import AutoencoderLoss, AutoencoderLossConfig
+from bench.metrics.inception import build_inception
+from bench.metrics.reconstruction import ReconstructionMetrics
+from bench.training.families.autoencoder_loss import (
+    AutoencoderLoss,
+    AutoencoderLossConfig,
+)
 from models.core.checkpoint import CONFIG_FILE, load_config
+from models.core.interface import to_uint8
+from models.core.registry import resolve_checkpoint
+from models.networks.autoencoder import (
+    Autoencoder,
+    AutoencoderConfig,
+    autoencoder_spec,
+    compute_scale_factor,
+    load_autoencoder,
+)
 
 AUTOENCODER_PARAMS = ("stage", "autoencoder", "loss")
 
@@ -90,8 +103,6 @@ def to_signed(images: torch.Tensor) -> torch.Tensor:
 def calibrate(checkpoint: str | Path, *, data: str, resolution: int | None = None, n: int = 2048,
               seed: int = 0, batch_size: int = 64) -> float:
     """Compute the latent scale factor on `n` training images and write it into config.json."""
-    from bench.atomic import atomic_write_json
-    from models.core.registry import resolve_checkpoint
     directory = resolve_checkpoint(str(checkpoint))
     config = load_config(directory)
     resolution = int(resolution or config.get("resolution") or 32)
@@ -111,12 +122,9 @@ def calibrate(checkpoint: str | Path, *, data: str, resolution: int | None = Non
 def evaluate(checkpoint: str | Path, *, data: str, resolution: int, n: int = 1000, split: str = "test",
              seed: int = 0, batch_size: int = 64, rfid: bool = False, lpips_net: str = "alex") -> list[Any]:
     """PSNR, SSIM, LPIPS (and rFID) of decode(encode(x)) on held-out images (bench.metrics)."""
-    from bench.metrics.reconstruction import ReconstructionMetrics
-    from models.core.interface import to_uint8
     autoencoder = load_autoencoder(checkpoint)
     extractor = None
     if rfid:
-        from bench.metrics.inception import build_inception
         extractor = build_inception(batch_size=batch_size)
     metrics = ReconstructionMetrics(lpips_net=lpips_net, extractor=extractor)
     for images in image_batches(data, resolution, n, split, seed, batch_size):
@@ -146,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
                           batch_size=args.batch_size)
         print(f"scale_factor = {scale:.6f} (latent std {1 / scale:.6f}) written to {args.checkpoint}")
         return 0
-    from models.core.registry import resolve_checkpoint
     resolution = args.resolution or int(load_config(resolve_checkpoint(args.checkpoint)).get("resolution") or 32)
     rows = evaluate(args.checkpoint, data=args.data, resolution=resolution, n=args.n, split=args.split,
                     seed=args.seed, batch_size=args.batch_size, rfid=args.rfid, lpips_net=args.lpips_net)
