@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from metric_helpers import PooledPixels, batches
 from sklearn.neighbors import NearestNeighbors
 
 from bench.config import DataConfig, MetricsConfig
-from bench.data.shapes import ShapesSource
 from bench.distributed import World, merge_metric_states, metric_state, shard
 from bench.metrics import MetricSet, build_metrics
 from bench.metrics.density_coverage import density_coverage, density_coverage_values
@@ -87,28 +87,6 @@ def test_rows_carry_intervals_and_k() -> None:
         assert row.n == 100 and row.details["density_coverage_k"] == 4 and row.details["x"] == 1
         assert row.details["n_features_generated"] == 100 and row.details["n_features_reference"] == 120
     assert metric_kind("density").direction == metric_kind("coverage").direction == HIGHER
-
-
-class PooledPixels:
-    name, dims, has_logits, resize_mode = "pooled-pixels", 48, False, "none"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def cache_key(self) -> dict:
-        return {"extractor": self.name, "weights_sha256": "none", "resize_mode": self.resize_mode}
-
-    def describe(self) -> dict:
-        return {"feature_extractor": self.name, "resize_mode": self.resize_mode}
-
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.calls += 1
-        return {"2048": torch.nn.functional.adaptive_avg_pool2d(images.float() / 255, 4).flatten(1)}
-
-
-def batches(n: int, size: int = 20):
-    for batch in ShapesSource(16, n, 3, "train").iter_batches(size):
-        yield SampleBatch(batch.images, batch.indices, batch.captions, batch.labels, {}, {})
 
 
 def test_in_a_metric_set_it_reads_the_features_precision_recall_keeps(tmp_path: Path) -> None:
