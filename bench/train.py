@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from bench.config import ConfigError, validate
 from bench.training.config import register_train_schema
+from bench.training.trainer import train
 
 log = logging.getLogger("bench.train")
 
@@ -26,7 +27,6 @@ register_train_schema()
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(raw: DictConfig) -> None:
-    from bench.training.trainer import train
     try:
         cfg = validate(raw)
         summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))

@@ -62,12 +62,12 @@ def _package_file(package: str, relative: str) -> Path | None:
 
 def _official_loader(name: str, package: str, key: str) -> np.ndarray:
     if package == "skimage":
-        import skimage.data
+        import skimage.data  # here, not at the top: slow imports only this data set needs
         image = getattr(skimage.data, key)()
         if key == "stereo_motorcycle":
             image = image[0] if name == "motorcycle_left" else image[1]
         return image
-    from sklearn.datasets import load_sample_image
+    from sklearn.datasets import load_sample_image  # (as above)
     return load_sample_image(key)
 
 

@@ -18,10 +18,13 @@ from typing import Any, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from bench.metrics.base import BatchInputs, ComputeContext, Metric, Resources
 from bench.metrics.summary import RunningMean
 from bench.results import MetricValue
+from bench.weights import resolve
 
 REFERENCE_CLIP = "shapes-clip"
 
@@ -43,7 +46,7 @@ class OpenClipEmbedder:
 
     def __init__(self, model: torch.nn.Module, model_name: str, pretrained: str | None,
                  weights: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> None:
-        import open_clip
+        import open_clip  # here, not at the top: a heavy import only CLIP-score runs need
         self.device = torch.device(device)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.model_name, self.pretrained, self.weights = model_name, pretrained, weights
@@ -59,8 +62,6 @@ class OpenClipEmbedder:
         return f"{self.model_name}/{self.pretrained or 'random-init'}"
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import InterpolationMode
-        from torchvision.transforms.v2 import functional as TF
         x = TF.resize(images, self.size, interpolation=InterpolationMode.BICUBIC, antialias=True)
         x = TF.center_crop(x, [self.size, self.size])
         return ((x.to(self.device).float() / 255.0) - self.mean) / self.std
@@ -79,8 +80,7 @@ class OpenClipEmbedder:
 
 def open_clip_embedder(model_name: str, pretrained: str, device: str | torch.device = "cpu") -> OpenClipEmbedder:
     """An open_clip model with pretrained weights found by the resolver (tag or file path)."""
-    import open_clip
-    from bench.weights import resolve
+    import open_clip  # (as above)
     if model_name not in open_clip.list_models():
         raise ClipUnavailableError(f"metrics.clip_model={model_name!r} is not an open_clip model; choose one of "
                                    f"open_clip.list_models() (e.g. ViT-B-32) or {REFERENCE_CLIP!r}")

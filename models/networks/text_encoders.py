@@ -78,7 +78,7 @@ def create_open_clip(model_name: str, pretrained: str | None = None, device: str
     """An open_clip model: weights from open_clip's own loading (a tag in its registry, found
     in its cache or downloaded, or a checkpoint file path), or random when `pretrained` is None
     (the same architecture; tests use this because no CLIP weights exist offline)."""
-    import open_clip
+    import open_clip  # here, not at the top: a heavy import only CLIP text encoders need
     if model_name not in open_clip.list_models() and ":" not in model_name:
         raise ValueError(f"open_clip model {model_name!r} is unknown; choose one of open_clip.list_models(), "
                          f"e.g. 'ViT-B-32'")
@@ -102,7 +102,7 @@ class OpenClipTextEncoder(TextEncoder):
     def __init__(self, model_name: str = "ViT-B-32", pretrained: str | None = None,
                  model: nn.Module | None = None) -> None:
         super().__init__()
-        import open_clip
+        import open_clip  # (as above)
         self.model_name, self.pretrained = model_name, pretrained
         self.model = model if model is not None else create_open_clip(model_name, pretrained)
         self.tokenizer = open_clip.get_tokenizer(model_name)
