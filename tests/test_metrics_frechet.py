@@ -8,7 +8,10 @@ import pytest
 import scipy.linalg
 import torch
 
-from bench.metrics.frechet import FrechetWarning, GaussianAccumulator, frechet_distance
+from scipy.linalg.lapack import dpstrf
+
+from bench.metrics.frechet import (CovarianceFactor, FrechetWarning, GaussianAccumulator, _trace_sqrt_general,
+                                   _trace_sqrt_through_reference, covariance_fingerprint, frechet_distance)
 
 
 def sqrtm_fid(mu1, sigma1, mu2, sigma2) -> float:
@@ -128,3 +131,84 @@ def test_accumulators_merge_as_if_one_stream() -> None:
     left.merge(right)
     for a, b in zip(whole.stats(), left.stats()):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def random_covariance(d: int, rank: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mu, sigma = X X^T, X): a random PSD d x d matrix of exactly the given rank (X is d x rank)."""
+    rng = np.random.default_rng(seed)
+    mix = np.eye(d) + 0.4 * rng.standard_normal((d, d)) / np.sqrt(d)
+    x = mix @ rng.standard_normal((d, rank)) / np.sqrt(rank)
+    return rng.standard_normal(d) * 0.1, x @ x.T, x
+
+
+def previous_trace_sqrt(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """The computation before the reference factor was cached: F1 from pivoted Cholesky of S1,
+    sum sqrt(eigvalsh(F1^T S2 F1)). Exact when rank S2 >= rank S1; otherwise F1^T S2 F1 has
+    eigenvalues that are pure rounding noise, whose square roots add ~1e-8 relative."""
+    lower, piv, rank, _ = dpstrf((sigma1 + sigma1.T) / 2, lower=1, tol=-1.0)
+    factor = np.zeros((len(sigma1), rank))
+    factor[piv - 1] = np.tril(lower)[:, :rank]
+    eig = np.linalg.eigvalsh(factor.T @ sigma2 @ factor)
+    return float(np.sqrt(np.clip(eig, 0, None)).sum())
+
+
+def exact_trace_sqrt(x_small: np.ndarray, sigma_other: np.ndarray) -> float:
+    """tr (S1 S2)^(1/2) from the known factor X (d x k, rank k) of the lower-rank side:
+    sum sqrt(eig(X^T S_other X)), a k x k matrix with no rounding-noise eigenvalues."""
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh(x_small.T @ sigma_other @ x_small), 0, None)).sum())
+
+
+@pytest.mark.parametrize("rank1, rank2", [(2304, 2304), (1000, 2304), (2304, 1500), (700, 900)])   # 2304: full rank
+def test_cached_reference_factor_gives_the_same_value_at_2048_dimensions(rank1: int, rank2: int) -> None:
+    """Real-size statistics, full rank and rank < d on either side: the value through a cached
+    reference factor equals the uncached one bit for bit, and the previous computation (or, where
+    that carried rounding noise, the exact low-rank formula) to 1e-10 relative; same flags."""
+    d = 2048
+    (mu1, s1, x1), (mu2, s2, x2) = random_covariance(d, rank1, seed=rank1), random_covariance(d, rank2, seed=rank2 + 1)
+    factor = CovarianceFactor.of(s2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FrechetWarning)   # singular: checked through the flags below
+        cached = frechet_distance(mu1, s1, mu2, s2, reference_factor=factor)
+        uncached = frechet_distance(mu1, s1, mu2, s2)
+    assert cached.value == uncached.value and cached.details() == uncached.details()
+    assert cached.singular == (min(rank1, rank2) < d) and cached.fallback is None
+    rest = float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2))
+    expected = [rest - 2 * previous_trace_sqrt(s1, s2)] if rank2 >= rank1 else []
+    if min(rank1, rank2) <= d:
+        expected.append(rest - 2 * exact_trace_sqrt(*((x1, s2) if rank1 <= rank2 else (x2, s1))))
+    for value in expected:
+        assert cached.value == pytest.approx(value, rel=1e-10, abs=0)
+
+
+def test_a_factor_of_another_covariance_is_not_trusted() -> None:
+    (mu1, s1, _), (mu2, s2, _) = random_covariance(32, 80, seed=1), random_covariance(32, 80, seed=2)
+    nudged = s2.copy()
+    nudged[3, 5] += 1e-13   # one rounding-size change: another fingerprint
+    stale = CovarianceFactor.of(nudged)
+    assert covariance_fingerprint(nudged) != covariance_fingerprint(s2) and not stale.matches(s2)
+    with pytest.warns(FrechetWarning, match="fingerprint mismatch"):
+        result = frechet_distance(mu1, s1, mu2, s2, reference_factor=stale)
+    assert result.value == frechet_distance(mu1, s1, mu2, s2).value
+
+
+def test_indefinite_reference_factor_keeps_the_clamped_fallback() -> None:
+    rng = np.random.default_rng(4)
+    q, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+    bad = q @ np.diag([1, 1, 1, 1, 1, 1, 1, -0.5]) @ q.T
+    factor = CovarianceFactor.of(bad)
+    assert factor.negative > 0.05 and factor.factor.shape == (8, 7)
+    with pytest.warns(FrechetWarning, match="fallback 'clamped'"):
+        result = frechet_distance(np.zeros(8), np.eye(8), np.zeros(8), bad, reference_factor=factor)
+    assert result.fallback == "clamped" and result.value == pytest.approx(8 + np.trace(bad) - 14, rel=1e-12)
+
+
+def test_fast_route_serves_full_rank_and_declines_where_rank_is_missing() -> None:
+    """The triangular-factor route is taken for a full-rank S1 (and agrees with the general
+    route); with rank S1 < rank S2 it declines, as its surplus eigenvalues would be noise."""
+    (_, s1, _), (_, s2, _), (_, low, _) = (random_covariance(64, 200, seed=1), random_covariance(64, 200, seed=2),
+                                          random_covariance(64, 20, seed=3))
+    factor = CovarianceFactor.of(s2)
+    fast, general = _trace_sqrt_through_reference(s1, factor), _trace_sqrt_general(s1, factor)
+    assert fast is not None and fast[2] == general[2] == 64
+    assert fast[0] == pytest.approx(general[0], rel=1e-12)
+    assert _trace_sqrt_through_reference(low, factor) is None

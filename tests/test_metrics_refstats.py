@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bench.data.shapes import ShapesSource
-from bench.metrics.frechet import GaussianAccumulator
-from bench.metrics.refstats import (ReferenceError, StaleCacheWarning, cache_path, load_reference_npz,
+from bench.metrics.frechet import CovarianceFactor, GaussianAccumulator, covariance_fingerprint
+from bench.metrics.refstats import (FACTOR_FIELDS, ReferenceError, StaleCacheWarning, cache_path, load_reference_npz,
                                     reference_key, reference_stats)
 
 
@@ -123,3 +123,68 @@ def test_npz_without_mu_sigma_is_rejected_with_its_contents(tmp_path: Path) -> N
 def test_too_few_reference_images(tmp_path: Path) -> None:
     with warnings.catch_warnings(), pytest.raises(ReferenceError, match="at least 2"):
         reference_stats(ShapesSource(16, 1, 0, "test"), PooledPixels(), n=1, cache_dir=tmp_path)
+
+
+def cached_file(tmp_path: Path) -> Path:
+    files = list((tmp_path / "refstats").glob("*.npz"))
+    assert len(files) == 1
+    return files[0]
+
+
+def test_the_covariance_factor_is_cached_with_its_fingerprint(source: ShapesSource, tmp_path: Path) -> None:
+    first = reference_stats(source, PooledPixels(), n=50, cache_dir=tmp_path)
+    with np.load(cached_file(tmp_path)) as data:
+        assert set(FACTOR_FIELDS) <= set(data.files)
+        lower, order = data["sigma_factor"], data["sigma_factor_order"]
+        assert lower.dtype == np.float64 and str(data["sigma_factor_fingerprint"]) == covariance_fingerprint(data["sigma"])
+    np.testing.assert_allclose(lower @ lower.T, first.sigma[np.ix_(order, order)], atol=1e-12 * np.abs(first.sigma).max())
+    again = reference_stats(source, PooledPixels(), n=50, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.covariance_factor().lower, lower)
+
+
+def test_an_old_cache_without_the_factor_loads_and_is_completed(source: ShapesSource, tmp_path: Path) -> None:
+    extractor = PooledPixels()
+    first = reference_stats(source, extractor, n=30, keep_features=10, cache_dir=tmp_path)
+    path = cached_file(tmp_path)
+    with np.load(path) as data:   # as written before factors were stored
+        np.savez(path, **{name: data[name] for name in ("mu", "sigma", "n", "key", "features")})
+    again = reference_stats(source, extractor, n=30, keep_features=10, cache_dir=tmp_path)
+    assert extractor.images_seen == 30 and again.description["cached"] is True
+    assert again.factor is not None and again.factor.matches(first.sigma)
+    with np.load(path) as data:   # rewritten with the factor, everything else as it was
+        assert set(FACTOR_FIELDS) <= set(data.files)
+        np.testing.assert_array_equal(data["features"], first.features.numpy())
+        np.testing.assert_array_equal(data["sigma_factor"], first.factor.lower)
+
+
+def test_a_stored_factor_of_another_sigma_is_recomputed(source: ShapesSource, tmp_path: Path) -> None:
+    extractor = PooledPixels()
+    first = reference_stats(source, extractor, n=30, cache_dir=tmp_path)
+    path = cached_file(tmp_path)
+    other = CovarianceFactor.of(first.sigma * 2)   # a consistent factor, but of another sigma
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    np.savez(path, **{**arrays, "sigma_factor": other.lower, "sigma_factor_order": other.order,
+                      "sigma_factor_fingerprint": np.array(other.fingerprint)})
+    with pytest.warns(StaleCacheWarning, match="factor does not match sigma"):
+        again = reference_stats(source, extractor, n=30, cache_dir=tmp_path)
+    assert extractor.images_seen == 30 and again.factor.matches(first.sigma)
+    np.testing.assert_array_equal(again.factor.lower, first.factor.lower)
+    arrays["sigma_factor"] = arrays["sigma_factor"].copy()
+    arrays["sigma_factor"][0, 1] = 1.0   # right fingerprint, but not lower trapezoidal: not trusted either
+    np.savez(path, **arrays)
+    with pytest.warns(StaleCacheWarning, match="factor does not match sigma"):
+        assert reference_stats(source, extractor, n=30, cache_dir=tmp_path).factor.matches(first.sigma)
+    with np.load(path) as data:
+        assert str(data["sigma_factor_fingerprint"]) == first.factor.fingerprint
+
+
+def test_external_npz_factor_is_computed_once_in_memory(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((40, 8))
+    np.savez(tmp_path / "fid_stats.npz", mu=x.mean(0), sigma=np.cov(x, rowvar=False))
+    reference = load_reference_npz(tmp_path / "fid_stats.npz")
+    assert reference.factor is None
+    factor = reference.covariance_factor()
+    assert reference.covariance_factor() is factor and factor.matches(reference.sigma)
+    assert set(np.load(tmp_path / "fid_stats.npz").files) == {"mu", "sigma"}   # the user's file is left alone

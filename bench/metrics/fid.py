@@ -6,18 +6,20 @@ from typing import Any
 import numpy as np
 
 from bench.metrics.base import BatchInputs, ComputeContext, Metric, Resources
-from bench.metrics.frechet import GaussianAccumulator, frechet_distance
+from bench.metrics.frechet import CovarianceFactor, GaussianAccumulator, frechet_distance
 from bench.metrics.registry import INCEPTION_POOL
 from bench.results import MetricValue
 
 
 def fid_from_stats(mu_gen: np.ndarray, sigma_gen: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray,
-                   *, n: int, name: str = "fid", details: dict[str, Any] | None = None) -> MetricValue:
-    """One row: FID of generated vs reference statistics (n = generated samples).
+                   *, n: int, name: str = "fid", details: dict[str, Any] | None = None,
+                   reference_factor: CovarianceFactor | None = None) -> MetricValue:
+    """One row: FID of generated vs reference statistics (n = generated samples); reference_factor:
+    the reference's cached covariance factor (same value, less work).
 
     No CI: FID is a biased plug-in estimate, not a mean of per-image values (Chong & Forsyth
     2020); run repeated seeds for a spread."""
-    result = frechet_distance(mu_gen, sigma_gen, mu_ref, sigma_ref)
+    result = frechet_distance(mu_gen, sigma_gen, mu_ref, sigma_ref, reference_factor=reference_factor)
     return MetricValue(metric=name, value=result.value, n=n, details={**(details or {}), **result.details()})
 
 
@@ -41,4 +43,5 @@ class FidMetric(Metric):
     def compute(self, context: ComputeContext) -> list[MetricValue]:
         mu, sigma = self.gaussian.stats()
         reference = context.reference
-        return [fid_from_stats(mu, sigma, reference.mu, reference.sigma, n=self.gaussian.n, details=context.details)]
+        return [fid_from_stats(mu, sigma, reference.mu, reference.sigma, n=self.gaussian.n, details=context.details,
+                               reference_factor=reference.covariance_factor())]
