@@ -13,6 +13,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Sequence
 
 import hydra
 import pandas as pd
@@ -28,11 +29,12 @@ from bench.data import DataError
 from bench.device import describe, resolve_device
 from bench.distributed import World, init_world
 from bench.manifest import file_sha256, write_manifest
+from bench.metrics.refstats import ReferenceError as ReferenceStatsError
 from bench.results import CORE_COLUMNS, DETAILS_COLUMN, write_results
 from bench.session import Session
 from bench.store import StoreMismatchError
 from bench.weights import WeightsError
-from models.core.interface import RequestError
+from models.core.interface import NonFiniteError, RequestError
 from models.core.registry import resolve_checkpoint
 from reports.run_report import write_run_report
 from suites import load_suite, prepare_suite
@@ -45,7 +47,7 @@ class UserError(Exception):
 
 
 USER_ERRORS = (ConfigError, RequestError, UserError, FileNotFoundError, DataError, WeightsError,
-               StoreMismatchError)
+               StoreMismatchError, NonFiniteError, ReferenceStatsError)
 
 
 def multirun_params(overrides: list[str]) -> dict[str, object]:
@@ -62,12 +64,17 @@ def multirun_params(overrides: list[str]) -> dict[str, object]:
     return params
 
 
+def override_keys(overrides: Sequence[str]) -> list[str]:
+    """The config keys set on the command line (`suite.n=16` -> "suite.n")."""
+    return [item.lstrip("+~").partition("=")[0] for item in overrides]
+
+
 def narrow_to_chosen_pipeline(raw: DictConfig, overrides: list[str]) -> None:
     """`pipeline=X` on the command line runs the suite on X alone, even when the suite lists
     its own pipelines (smoke lists every shipped one), unless suite.pipelines is also given; the
     suite's params for work beyond its pipelines (`Params.BEYOND_PIPELINES`, e.g. the smoke's
     autoencoder reconstruction rows) are then dropped too, unless given as well."""
-    keys = [item.lstrip("+~").partition("=")[0] for item in overrides]
+    keys = override_keys(overrides)
     if "pipeline" not in keys or any(k.startswith("suite.pipelines") for k in keys):
         return
     raw.suite.pipelines = None
@@ -78,16 +85,17 @@ def narrow_to_chosen_pipeline(raw: DictConfig, overrides: list[str]) -> None:
 
 
 def run(cfg: Config, raw: DictConfig, run_dir: Path,
-        job_params: dict[str, object] | None = None) -> pd.DataFrame | None:
+        job_params: dict[str, object] | None = None, overrides: Sequence[str] = ()) -> pd.DataFrame | None:
     """Run the configured suite into run_dir (the results frame; None on ranks other than 0).
-    Importable for tests and notebooks."""
+    `overrides`: the command line's, for what depends on a key being given rather than defaulted
+    (suite.n for samples made elsewhere). Importable for tests and notebooks."""
     suite, params = prepare_suite(cfg.suite.name, cfg.suite.params)   # start-up: nothing written yet
     world = init_world(resolve_device(cfg.hardware))
     run_dir = _same_run_dir(Path(run_dir), world)
     run_id = f"{run_dir.parent.name}/{run_dir.name}" if run_dir.parent.name else run_dir.name
     config = OmegaConf.to_container(raw, resolve=True)
     torch.manual_seed(cfg.seed)
-    session = Session(cfg, run_dir, run_id, job_params, world)
+    session = Session(cfg, run_dir, run_id, job_params, world, suite_n_given="suite.n" in override_keys(overrides))
     manifest = dict(run_id=run_id, config=config, seed=cfg.seed,
                     device={**describe(session.device), "world_size": world.size})
     if not world.is_main:   # other ranks sample and measure their share; rank 0 writes
@@ -99,10 +107,11 @@ def run(cfg: Config, raw: DictConfig, run_dir: Path,
         frame = write_results(run_dir, session.rows)
         write_run_report(run_dir, frame, quiet=cfg.quiet)
     except BaseException as err:
-        write_manifest(run_dir, status="failed", error=f"{type(err).__name__}: {err}", **manifest)
+        write_manifest(run_dir, status="failed", error=f"{type(err).__name__}: {err}", warnings=session.warnings,
+                       **manifest)
         raise
     write_manifest(run_dir, status="complete", weights=session.weights_used, checkpoints=_checkpoints(session),
-                   **manifest)
+                   warnings=session.warnings, **manifest)
     log.info("results in %s", run_dir)
     return frame
 
@@ -138,7 +147,7 @@ def _hydra_main(raw: DictConfig) -> None:
             os.environ["DIFFBENCH_QUIET"] = "1"
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         job_params = multirun_params(list(hydra_cfg.overrides.task)) if multirun else {}
-        run(cfg, raw, Path(hydra_cfg.runtime.output_dir), job_params)
+        run(cfg, raw, Path(hydra_cfg.runtime.output_dir), job_params, list(hydra_cfg.overrides.task))
     except USER_ERRORS as err:
         if os.environ.get("DIFFBENCH_DEBUG"):
             traceback.print_exc()

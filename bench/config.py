@@ -7,6 +7,7 @@ with the key's full name and what is allowed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -108,7 +109,8 @@ class Config:
     store_samples: bool = True      # write sample shards to the run directory (resumable)
 
     def __post_init__(self) -> None:
-        _require(self.guidance_scale >= 0, "guidance_scale", f"must be >= 0, got {self.guidance_scale}")
+        _require(math.isfinite(self.guidance_scale) and self.guidance_scale >= 0, "guidance_scale",
+                 f"must be a finite number >= 0, got {self.guidance_scale}")
 
 
 def register_schema() -> None:

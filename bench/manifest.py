@@ -50,7 +50,9 @@ def file_sha256(path: str) -> str:
 
 def write_manifest(run_dir: Path, *, run_id: str, status: str, config: dict, seed: int,
                    device: dict | None = None, weights: dict | None = None,
-                   checkpoints: dict | None = None, error: str | None = None) -> None:
+                   checkpoints: dict | None = None, error: str | None = None,
+                   warnings: list[str] | None = None) -> None:
+    """`warnings`: what the run said the user should know (e.g. prompts reused), stated beside the status."""
     manifest = {
         "run_id": run_id,
         "status": status,
@@ -66,4 +68,6 @@ def write_manifest(run_dir: Path, *, run_id: str, status: str, config: dict, see
     }
     if error:
         manifest["error"] = error
+    if warnings:
+        manifest["warnings"] = list(warnings)
     atomic_write_json(Path(run_dir) / "manifest.json", manifest)

@@ -28,6 +28,7 @@ from bench.results import MetricValue, RunContext, make_row
 from bench.store import SampleStore
 from models.core.interface import Pipeline, SampleBatch, SampleRequest
 from models.core.registry import build_pipeline
+from models.families.external import ExternalSamples
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,12 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 class Session:
     def __init__(self, cfg: Config, run_dir: Path, run_id: str,
-                 job_params: Mapping[str, Any] | None = None, world: World | None = None) -> None:
+                 job_params: Mapping[str, Any] | None = None, world: World | None = None, *,
+                 suite_n_given: bool = False) -> None:
         self.cfg = cfg
+        # suite.n given by the user (command line), not the suite's default: samples made
+        # elsewhere are all scored unless it is
+        self.suite_n_given = suite_n_given
         self.job_params = dict(job_params or {})  # a multirun job's overrides: columns of every row
         self.run_dir = Path(run_dir)
         self.run_id = run_id
@@ -49,6 +54,8 @@ class Session:
         self.quiet = cfg.quiet
         self.rows: list[dict[str, Any]] = []
         self.weights_used: dict[str, str] = {}     # name -> sha256, for the manifest
+        self.warnings: list[str] = []              # said in the log and recorded in the manifest
+        self._said: set[Any] = set()
         self._pipelines: dict[str, Pipeline] = {}
         self._metric_sets: dict[tuple, Any] = {}   # loaded metric networks, by kind
 
@@ -96,6 +103,8 @@ class Session:
         for the pipeline's conditioning kind: class labels cycling over all classes, or
         prompts from the shapes caption grammar / the suite's prompt file."""
         cfg = self.cfg
+        if n is None and isinstance(pipe, ExternalSamples):
+            n = self.external_n(pipe)
         fields: dict[str, Any] = dict(
             n=cfg.suite.n if n is None else n, seed=cfg.seed, guidance_scale=cfg.guidance_scale,
             sampler=cfg.sampler.name, steps=cfg.sampler.steps, eta=cfg.sampler.eta,
@@ -113,7 +122,46 @@ class Session:
             known = set(pipe.info.stage_names)
             fields["stage_overrides"] = {k: dict(v) for k, v in stage_overrides.items() if k in known}
         fields.update(overrides)
+        self._check_prompt_reuse(pipe, fields)
         return SampleRequest(**fields)
+
+    def external_n(self, pipe: ExternalSamples) -> int:
+        """How many samples made elsewhere to score: all of them (as torch-fidelity and clean-fid
+        do), unless suite.n was given; the suite's default n is for pipelines that sample."""
+        available, n = len(pipe), self.cfg.suite.n
+        if not self.suite_n_given:
+            self.say(f"external pipeline {pipe.info.name}: scoring all {available} of its samples "
+                     f"(suite.n not given; the suite's default n={n} applies to pipelines that sample)")
+            return available
+        if n < available:
+            self.say(f"external pipeline {pipe.info.name}: scoring the first {n} of its {available} samples "
+                     f"(suite.n={n}); unset suite.n to score all")
+        return n
+
+    def _check_prompt_reuse(self, pipe: Pipeline, fields: Mapping[str, Any]) -> None:
+        """Prompts cycle over samples (sample i gets prompt i mod k): fewer prompts than samples
+        means repeated prompts, which the numbers then measure. A warning, not an error."""
+        prompts, n = fields.get("prompts"), fields["n"]
+        if prompts is None or len(prompts) >= n or isinstance(pipe, ExternalSamples) and pipe.prompts is not None:
+            return   # enough prompts, or samples made elsewhere that bring one each (ExternalSamples.bind)
+        source = self.cfg.suite.params.get("prompts") or "the request"
+        self.say(f"pipeline {pipe.info.name}: {len(prompts)} prompt(s) for {n} samples (prompts from {source}); "
+                 f"prompts are reused in turn (sample i gets prompt i mod {len(prompts)}), so the metrics measure "
+                 f"repeated prompts, not {n} different ones. Give at least {n} prompts for one per sample",
+                 warning=True, once=("prompts", pipe.info.name))
+
+    def say(self, message: str, warning: bool = False, once: Any = None) -> None:
+        """Log a statement about the run once (per `once`, default the message); warnings are
+        also recorded in the manifest."""
+        key = message if once is None else once
+        if key in self._said:
+            return
+        self._said.add(key)
+        if warning:
+            log.warning(message)
+            self.warnings.append(message)
+        else:
+            log.info(message)
 
     def prompts(self, n: int) -> list[str]:
         prompt_file = self.cfg.suite.params.get("prompts")
@@ -200,6 +248,8 @@ class Session:
         if not reduce_metrics(metrics, self.world):
             return []   # not rank 0: its share went to rank 0, which records the rows
         values = metrics.compute()
+        if isinstance(pipe, ExternalSamples):   # how many samples there were to score, beside the n scored
+            values = [replace(value, details={**value.details, "n_available": len(pipe)}) for value in values]
         log.info("%s %s: %d metrics in %.1fs", pipe.info.name, point, len(values), time.perf_counter() - started)
         self.record(pipe, values, point)
         return values

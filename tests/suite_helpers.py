@@ -18,4 +18,4 @@ def run_suite(run_dir: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         raw = compose(config_name="config", overrides=["quiet=true", *overrides])
     narrow_to_chosen_pipeline(raw, list(overrides))   # as the command line does
-    return run(validate(raw), raw, Path(run_dir))
+    return run(validate(raw), raw, Path(run_dir), overrides=list(overrides))

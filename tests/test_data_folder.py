@@ -150,3 +150,28 @@ def test_fingerprint_changes_when_a_file_changes(tmp_path):
     _write(tmp_path / "b.png", _rgb(9))
     os.utime(tmp_path / "b.png", ns=(1, 1))
     assert before != FolderSource(tmp_path, resolution=8).fingerprint()
+
+
+def test_a_symlink_loop_and_linked_duplicates_count_each_image_once(tmp_path, caplog):
+    """A directory link back to the folder made os.walk(followlinks=True) list 4 images 164 times;
+    each folder is now listed once (by device and inode) and each file counted once (resolved path)."""
+    from bench.data.folder import scan_images
+    from models.core.registry import build_pipeline
+    root = tmp_path / "samples"
+    for rel in ["a.png", "b.png", "sub/c.png", "sub/d.png"]:
+        _write(root / rel, _rgb())
+    try:
+        os.symlink(root, root / "sub" / "loop", target_is_directory=True)     # sub/loop -> the folder itself
+        os.symlink(root / "sub", root / "again", target_is_directory=True)    # a second path to sub/
+        os.symlink(root / "a.png", root / "sub" / "a_link.png")                # a second path to a.png
+    except OSError as err:   # pragma: no cover - filesystems without links
+        pytest.skip(f"symlinks unsupported here: {err}")
+    listing = scan_images(root)
+    assert listing.files == ["a.png", "b.png", "sub/c.png", "sub/d.png"]
+    assert listing.repeated_folders == ["again", "sub/loop"] and listing.repeated_files == ["sub/a_link.png"]
+    with caplog.at_level("WARNING", logger="bench.data.folder"):
+        assert len(FolderSource(root, resolution=8)) == 4
+        assert len(build_pipeline("external", "linked", path=str(root))) == 4
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and all("skipped 2 link(s) to folders already listed" in m and
+                                  "1 file(s) already counted under another path" in m for m in said), said

@@ -2,6 +2,9 @@
 
 Files: .png, .jpg/.jpeg, .webp, .bmp (any case), searched recursively; hidden files and
 folders (names starting with ".") are ignored, as is everything with another extension.
+Links are followed, but each folder is listed once (a link to a folder already listed, e.g. a
+symlink loop, is skipped, by device and inode) and each file counted once (by resolved path);
+how many were skipped, and why, is logged.
 Order: sorted by relative POSIX path, so item i is the same file on every machine. With
 `n`, the first n files in that order are used.
 
@@ -25,6 +28,7 @@ import csv
 import hashlib
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +43,85 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 BAD_FILE_HINT = "Remove or replace the file, or set data.on_bad_file=skip to leave unreadable files out"
 
 
-def list_images(root: Path) -> list[str]:
-    """Relative POSIX paths of the image files under root, sorted."""
-    found = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
+@dataclass
+class ImageListing:
+    """The image files under a folder, and what the search left out so as not to count twice."""
+    files: list[str]                                           # relative POSIX paths, sorted
+    repeated_folders: list[str] = field(default_factory=list)  # links to folders already listed
+    repeated_files: list[str] = field(default_factory=list)    # second paths to files already counted
+
+    def describe_skipped(self, root: Path) -> str | None:
+        """A sentence for the log, or None when nothing was skipped."""
+        parts = []
+        if self.repeated_folders:
+            parts.append(f"{len(self.repeated_folders)} link(s) to folders already listed (a symlink loop or a second "
+                         f"path to the same folder; e.g. {self.repeated_folders[0]})")
+        if self.repeated_files:
+            parts.append(f"{len(self.repeated_files)} file(s) already counted under another path (links to the same "
+                         f"file; e.g. {self.repeated_files[0]})")
+        if not parts:
+            return None
+        return (f"image folder {root}: skipped {' and '.join(parts)}; each image is counted once, "
+                f"{len(self.files)} in all")
+
+
+def scan_images(root: Path) -> ImageListing:
+    """The image files under root, following links but listing each folder once (by device and
+    inode, so a symlink loop ends) and counting each file once (by resolved path). A folder's or
+    file's own path is preferred to a link's; among links the walk is sorted, so what is kept is
+    the same on every machine."""
+    root = Path(root)
+    real_paths, real_ids = set(), set()          # the folders reached without following a link
+    for folder, dirs, _ in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(Path(folder, name).relative_to(root).as_posix())
-    return sorted(found)
+        real_paths.add(Path(folder))
+        real_ids.add(_identity(Path(folder)))
+    listing, candidates, seen = ImageListing([]), [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted(d for d in dirs if not d.startswith(".")):
+            path = Path(folder, name)
+            if path not in real_paths:           # a link to a folder, or a folder below one
+                identity = _identity(path)
+                if identity is not None and (identity in real_ids or identity in seen):
+                    listing.repeated_folders.append(path.relative_to(root).as_posix())
+                    continue
+                seen.add(identity)
+            kept.append(name)
+        dirs[:] = kept
+        candidates += [Path(folder, name).relative_to(root).as_posix() for name in files
+                       if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
+    counted: set[str] = set()
+    for rel in sorted(candidates, key=lambda rel: (os.path.islink(root / rel), rel)):   # real files first
+        resolved = os.path.realpath(root / rel)
+        if resolved in counted:
+            listing.repeated_files.append(rel)
+            continue
+        counted.add(resolved)
+        listing.files.append(rel)
+    listing.files.sort()
+    listing.repeated_folders.sort()
+    listing.repeated_files.sort()
+    return listing
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """A folder's (device, inode), following links; None when it cannot be read."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def list_images(root: Path) -> list[str]:
+    """Relative POSIX paths of the image files under root, sorted, each file once (`scan_images`);
+    logs what was skipped."""
+    listing = scan_images(root)
+    skipped = listing.describe_skipped(Path(root))
+    if skipped:
+        log.warning(skipped)
+    return listing.files
 
 
 def load_captions(path: Path, files: list[str], used: int | None = None) -> list[str]:

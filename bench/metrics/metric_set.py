@@ -18,6 +18,7 @@ from bench.metrics.base import BatchInputs, ComputeContext, Resources
 from bench.metrics.inception import LOGITS, POOL_FEATURES, FeatureBank, SharedFeatures, build_inception
 from bench.metrics.refstats import ReferenceStats, load_reference_npz, reference_stats
 from bench.results import MetricValue
+from models.core.interface import NonFiniteError, count_nonfinite
 
 EXTRACTOR_OUTPUTS = {registry.INCEPTION_POOL: POOL_FEATURES, registry.INCEPTION_LOGITS: LOGITS}
 
@@ -51,6 +52,12 @@ class MetricSet:
         features = self.features(images) if self.features is not None else {}
         inputs = BatchInputs(images, batch.prompts, {name: features[key] for name, key in EXTRACTOR_OUTPUTS.items()
                                                      if key in features})
+        for name, values in inputs.features.items():
+            if count_nonfinite(values):   # the message only when needed: this runs for every batch
+                extractor = getattr(self.extractor, "name", type(self.extractor).__name__)
+                _check_finite(values, f"features of the generated side: metric input {name!r} ({extractor}) of "
+                                      f"images {self.n}-{self.n + len(images) - 1} of this evaluation",
+                              "the images are uint8, so the feature extractor's weights or its device/dtype are at fault")
         for name, bank in self.kept.items():
             bank.update(inputs.features[name])
         for metric in self.metrics.values():
@@ -129,6 +136,9 @@ def _reference(cfg: Any, data: Any, extractor: Any, specs: list[registry.MetricS
     wanting_features = [spec.name for spec in specs if spec.reference == registry.FEATURES]
     if cfg.reference:
         reference = load_reference_npz(cfg.reference)
+        _check_reference(reference, f"metrics.reference={cfg.reference}",
+                         "replace the file with statistics computed from real images (pytorch-fid --save-stats), "
+                         "or unset metrics.reference to compute them from the data")
         if wanting_features:
             reference.require_features(wanting_features[0])
         if reference.mu.shape[0] != extractor.dims:
@@ -137,7 +147,31 @@ def _reference(cfg: Any, data: Any, extractor: Any, specs: list[registry.MetricS
         return reference
     if source is None:
         source = build_source(data, split="test")
-    return reference_stats(source, extractor, n=data.n,
-                           keep_features=cfg.max_kept_features if wanting_features else 0,
-                           cache_dir=cache_dir, batch_size=cfg.feature_batch_size, num_workers=num_workers,
-                           quiet=quiet)
+    reference = reference_stats(source, extractor, n=data.n,
+                                keep_features=cfg.max_kept_features if wanting_features else 0,
+                                cache_dir=cache_dir, batch_size=cfg.feature_batch_size, num_workers=num_workers,
+                                quiet=quiet)
+    where = reference.description.get("cache") or f"data {source.name!r}"
+    _check_reference(reference, f"reference statistics of {where}",
+                     "delete the cached file to recompute it, and check the data and the feature extractor's weights")
+    return reference
+
+
+def _check_finite(values: Any, what: str, hint: str) -> None:
+    """Raise NonFiniteError naming `what` when `values` (a tensor or array) hold NaN or inf: they
+    would make an empty or meaningless metric (or an eigenvalue solver's unhelpful error) later."""
+    tensor = torch.as_tensor(values)
+    bad = count_nonfinite(tensor)
+    if bad:
+        nan = int(torch.isnan(tensor).sum())
+        raise NonFiniteError(f"{what}: {bad} of {tensor.numel()} values are not finite ({nan} NaN, {bad - nan} inf); "
+                             f"no metric can be computed from them. {hint[0].upper()}{hint[1:]}")
+
+
+def _check_reference(reference: ReferenceStats, where: str, hint: str) -> None:
+    """The reference side's statistics (and kept features) must be finite numbers."""
+    fields = {"mu": reference.mu, "sigma": reference.sigma}
+    if reference.features is not None:
+        fields["features"] = reference.features
+    for name, values in fields.items():
+        _check_finite(values, f"{where}: {name} of the reference side", hint)

@@ -38,6 +38,20 @@ class RequestError(ValueError):
     """A request that cannot be served by this pipeline; the message says what to change."""
 
 
+class NonFiniteError(ValueError):
+    """NaN or infinite values where numbers are needed (a pipeline's images, a batch's features,
+    reference statistics): they would become black images or empty metrics, so the evaluation
+    stops here, the message naming what held them and where."""
+
+
+def count_nonfinite(values: torch.Tensor) -> int:
+    """How many entries of a float tensor are NaN or +-inf (0 for integer tensors); one cheap
+    `isfinite().all()` when there are none."""
+    if not values.is_floating_point() or bool(torch.isfinite(values).all()):
+        return 0
+    return int((~torch.isfinite(values)).sum())
+
+
 @dataclass(frozen=True)
 class StageInfo:
     name: str                      # unique within a pipeline: "base", "sr1", "prior", "decoder", ...
@@ -192,6 +206,7 @@ class BatchContext:
         self.stage_seconds: dict[str, float] = {}
         self.stage_nfe: dict[str, float] = {}
         self.stage_outputs: dict[str, torch.Tensor] = {}
+        self.nonfinite: dict[str, int] = {}   # stage -> non-finite values in its kept float output
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -223,7 +238,11 @@ class BatchContext:
         return call
 
     def keep(self, stage: str, images: torch.Tensor) -> None:
-        """Expose an intermediate stage output (e.g. a cascade's base images) as uint8."""
+        """Expose an intermediate stage output (e.g. a cascade's base images) as uint8; NaN or inf
+        in it is counted (`Pipeline.sample` then stops, naming the first such stage)."""
+        bad = count_nonfinite(images)
+        if bad:
+            self.nonfinite.setdefault(stage, bad)
         self.stage_outputs[stage] = to_uint8(images)
 
 
@@ -283,6 +302,7 @@ class Pipeline(ABC):
             ctx = BatchContext(request, indices, self.device, self.dtype)
             with torch.inference_mode():
                 images = self.generate(ctx)
+            self._check_finite(images, ctx)
             yield SampleBatch(
                 images=to_uint8(images),
                 indices=torch.tensor(list(indices), dtype=torch.long),
@@ -292,6 +312,22 @@ class Pipeline(ABC):
                 stage_nfe=ctx.stage_nfe,
                 stage_outputs=ctx.stage_outputs,
             )
+
+    def _check_finite(self, images: torch.Tensor, ctx: BatchContext) -> None:
+        """NaN or inf images would become black uint8 images and a plausible-looking FID: stop
+        instead, naming the pipeline, the first stage whose output held them and how many."""
+        final = count_nonfinite(images)
+        if not final and not ctx.nonfinite:
+            return
+        last = self.info.stages[-1].name if self.info.stages else None
+        stage, bad = next(iter(ctx.nonfinite.items())) if ctx.nonfinite else (last, final)
+        where = f"stage {stage!r}" if stage else "its final images"
+        settings = ctx.settings(stage) if stage else ctx.request
+        raise NonFiniteError(
+            f"pipeline {self.info.name!r} produced {bad} non-finite values (NaN or inf) in the images of {where} "
+            f"for samples {ctx.indices[0]}-{ctx.indices[-1]} (guidance_scale={settings.guidance_scale:g}, "
+            f"sampler={settings.sampler}, steps={settings.steps}); nothing was scored. Use a finite, moderate "
+            "guidance_scale and check the checkpoint's weights for NaN or inf")
 
     def parameter_count(self) -> int:
         return sum(p.numel() for net in self.networks().values() for p in net.parameters())

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from models.core.interface import BatchContext, RequestError, StageSettings
+from models.core.interface import BatchContext, NonFiniteError, RequestError, StageSettings, count_nonfinite
 from models.core.seeding import derive_seed
 
 
@@ -201,4 +201,8 @@ def images_01_to_uint8(images: Any) -> torch.Tensor:
     own `numpy_to_pil` does, so the images equal the PIL images a diffusers user gets."""
     if not isinstance(images, torch.Tensor):
         images = torch.from_numpy(images).permute(0, 3, 1, 2)
+    bad = count_nonfinite(images)
+    if bad:   # NaN would become black pixels and an FID of a few hundred, with exit code 0
+        raise NonFiniteError(f"the diffusers pipeline produced {bad} non-finite values in {len(images)} images "
+                             "(NaN weights, an overflowing dtype or an extreme guidance scale); nothing was scored")
     return (images.float().cpu() * 255).round().clamp(0, 255).to(torch.uint8)

@@ -29,7 +29,7 @@ from PIL import Image
 
 from bench.data import build_source
 from bench.data.config import DataConfig
-from bench.data.folder import list_images
+from bench.data.folder import scan_images
 from bench.data.prompts import load_prompts
 from models.core.interface import (
     BatchContext,
@@ -133,8 +133,8 @@ def npz_image_shape(path: Path) -> tuple[int, ...]:
 
 
 def folder_image_size(path: Path) -> int:
-
-    files = list_images(path)
+    """The shorter side of the folder's first image (what it skips is logged once, by FolderSource)."""
+    files = scan_images(path).files
     if not files:
         raise ValueError(f"image folder {path} contains no images; check params.path")
     with Image.open(path / files[0]) as image:
