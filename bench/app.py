@@ -37,7 +37,7 @@ from bench.weights import WeightsError
 from models.core.interface import NonFiniteError, RequestError
 from models.core.registry import resolve_checkpoint
 from reports.run_report import write_run_report
-from suites import load_suite, prepare_suite
+from suites import SWEEP_AXIS_KEYS, load_suite, prepare_suite
 
 log = logging.getLogger("bench")
 
@@ -82,6 +82,25 @@ def narrow_to_chosen_pipeline(raw: DictConfig, overrides: list[str]) -> None:
     for name in load_suite(raw.suite.name).Params.BEYOND_PIPELINES:
         if name in params and not any(k.startswith(f"suite.params.{name}") for k in keys):
             raw.suite.params[name] = None
+
+
+def narrow_sweep_to_overrides(raw: DictConfig, overrides: list[str]) -> None:
+    """A command-line value for a setting the suite sweeps is honoured, not dropped by the sweep:
+    `-m suite=guidance_sweep guidance_scale=1,2` is one job per scale, each sweeping that scale
+    alone (and saying so in the log). Given together with `suite.sweep.<axis>` it is refused."""
+    keys = override_keys(overrides)
+    sweep = raw.suite.get("sweep") or {}
+    for axis, axis_keys in SWEEP_AXIS_KEYS.items():
+        given = [key for key in axis_keys if key in keys]
+        if axis not in sweep or not given:
+            continue
+        if any(k.startswith(f"suite.sweep.{axis}") for k in keys):
+            raise ConfigError(f"config key '{given[0]}': given together with suite.sweep.{axis}, which the "
+                              f"suite sweeps; give one of them")
+        value = OmegaConf.select(raw, axis_keys[0])
+        log.info("suite %s sweeps %s over %s; %s=%s from the command line narrows it to that value",
+                 raw.suite.name, axis, list(sweep[axis]), given[0], value)
+        raw.suite.sweep[axis] = [value]
 
 
 def run(cfg: Config, raw: DictConfig, run_dir: Path,
@@ -142,6 +161,7 @@ def _hydra_main(raw: DictConfig) -> None:
     try:
         hydra_cfg = HydraConfig.get()
         narrow_to_chosen_pipeline(raw, list(hydra_cfg.overrides.task))
+        narrow_sweep_to_overrides(raw, list(hydra_cfg.overrides.task))
         cfg = validate(raw)
         if cfg.quiet:
             os.environ["DIFFBENCH_QUIET"] = "1"

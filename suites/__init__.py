@@ -25,6 +25,12 @@ SUITES = {
     "regression": "suites.regression",
 }
 
+# A suite's sweep axis -> the config key that sets the same setting for one run (and the group
+# whose choice sets it, for `sampler=ddim`). A run that gives the key narrows the axis to its value.
+SWEEP_AXIS_KEYS = {"guidance_scale": ("guidance_scale",), "sampler": ("sampler.name", "sampler"),
+                   "steps": ("sampler.steps",), "eta": ("sampler.eta",), "batch_size": ("hardware.batch_size",),
+                   "dtype": ("hardware.dtype",)}
+
 
 def load_suite(name: str) -> ModuleType:
     """The suite's module; a ConfigError naming `suite.name` and the known suites otherwise."""

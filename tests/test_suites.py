@@ -101,6 +101,35 @@ def test_command_line_pipeline_narrows_a_suite_that_lists_its_own():
     assert OmegaConf.to_container(raw.suite.pipelines) == ["pixel_ddpm"]
 
 
+def test_a_command_line_setting_the_suite_sweeps_narrows_the_sweep_or_is_refused():
+    """`-m suite=guidance_sweep guidance_scale=1,2` is one job per scale: each job's own scale is
+    the one it measures, never dropped by the suite's sweep (issue 17)."""
+    from omegaconf import OmegaConf
+
+    from bench.app import narrow_sweep_to_overrides
+    for suite, override, axis, expected in (("guidance_sweep", "guidance_scale=2", "guidance_scale", [2.0]),
+                                            ("speed", "sampler.steps=7", "steps", [7]),
+                                            ("speed", "sampler=heun", "sampler", ["heun"])):
+        raw = compose_suite(suite, override)
+        untouched = {k: list(v) for k, v in raw.suite.sweep.items() if k != axis}
+        narrow_sweep_to_overrides(raw, [override])
+        assert OmegaConf.to_container(raw.suite.sweep[axis]) == expected, (suite, override)
+        assert {k: list(v) for k, v in raw.suite.sweep.items() if k != axis} == untouched
+    raw = compose_suite("guidance_sweep", "guidance_scale=2", "suite.sweep.guidance_scale=[1.0,3.0]")
+    with pytest.raises(ConfigError, match=r"'guidance_scale': given together with suite.sweep.guidance_scale"):
+        narrow_sweep_to_overrides(raw, ["guidance_scale=2", "suite.sweep.guidance_scale=[1.0,3.0]"])
+    raw = compose_suite("guidance_sweep", "suite.sweep.guidance_scale=[1.0,3.0]")   # the sweep alone stays
+    narrow_sweep_to_overrides(raw, ["suite.sweep.guidance_scale=[1.0,3.0]"])
+    assert OmegaConf.to_container(raw.suite.sweep.guidance_scale) == [1.0, 3.0]
+
+
+def test_a_guidance_sweep_job_measures_its_own_scale(tmp_path: Path):
+    frame = run_suite(tmp_path / "gs", "suite=guidance_sweep", "pipeline=pixel_untrained", "guidance_scale=2",
+                      *SMALL, "suite.n=4", "sampler.steps=2", "metrics.names=[fid]")
+    assert sorted(frame.guidance_scale.dropna().unique()) == [2.0]
+    assert set(frame.metric) >= {"fid"}
+
+
 def test_smoke_reports_every_shipped_autoencoder_on_held_out_shapes_and_natural(tmp_path: Path):
     from suites.autoencoder_zoo import shipped_autoencoders
     frame = run_suite(tmp_path / "smoke_ae", "suite.pipelines=[pixel_untrained]", "metrics.names=[]", "suite.params.reconstruction.n=4",
