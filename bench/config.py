@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 # The data group's schema and the shared checks live in the data layer (a model family builds a
 # DataConfig too); ConfigError and DataConfig are re-exported here with the rest of the tree.
 from bench.data.config import ConfigError, DataConfig
-from bench.data.config import choice as _choice, require as _require
+from bench.data.config import choice, require
 from bench.device import HardwareConfig  # re-exported: the hardware group lives with its resolver
 # Each list of names has one home, the lowest module that owns the concept.
 from bench.metrics.inception import RESIZE_MODES
@@ -37,11 +37,11 @@ class SamplerConfig:
     dynamic_threshold_percentile: float = 0.995
 
     def __post_init__(self) -> None:
-        _choice(self.name, "sampler.name", tuple(SAMPLERS))
-        _require(self.steps >= 1, "sampler.steps", f"must be >= 1, got {self.steps}")
-        _require(self.eta >= 0, "sampler.eta", f"must be >= 0, got {self.eta}")
-        _choice(self.thresholding, "sampler.thresholding", THRESHOLDING_MODES)
-        _require(0 < self.dynamic_threshold_percentile <= 1, "sampler.dynamic_threshold_percentile",
+        choice(self.name, "sampler.name", tuple(SAMPLERS))
+        require(self.steps >= 1, "sampler.steps", f"must be >= 1, got {self.steps}")
+        require(self.eta >= 0, "sampler.eta", f"must be >= 0, got {self.eta}")
+        choice(self.thresholding, "sampler.thresholding", THRESHOLDING_MODES)
+        require(0 < self.dynamic_threshold_percentile <= 1, "sampler.dynamic_threshold_percentile",
                  f"must be in (0, 1], got {self.dynamic_threshold_percentile}")
 
 
@@ -61,13 +61,13 @@ class MetricsConfig:
 
     def __post_init__(self) -> None:
         unknown = unknown_names(self.names)
-        _require(not unknown, "metrics.names",
+        require(not unknown, "metrics.names",
                  f"{unknown} are not metrics; choose from {sorted(metric_names())}")
-        _choice(self.resize_mode, "metrics.resize_mode", RESIZE_MODES)
-        _require(self.kid_subsets >= 1, "metrics.kid_subsets", "must be >= 1")
-        _require(self.kid_subset_size >= 2, "metrics.kid_subset_size", "must be >= 2")
-        _require(self.pr_k >= 1, "metrics.pr_k", "must be >= 1")
-        _require(self.feature_batch_size >= 1, "metrics.feature_batch_size", "must be >= 1")
+        choice(self.resize_mode, "metrics.resize_mode", RESIZE_MODES)
+        require(self.kid_subsets >= 1, "metrics.kid_subsets", "must be >= 1")
+        require(self.kid_subset_size >= 2, "metrics.kid_subset_size", "must be >= 2")
+        require(self.pr_k >= 1, "metrics.pr_k", "must be >= 1")
+        require(self.feature_batch_size >= 1, "metrics.feature_batch_size", "must be >= 1")
 
 
 @dataclass
@@ -78,7 +78,7 @@ class PipelineConfig:
     params: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _choice(self.family, "pipeline.family", tuple(FAMILY_MODULES))
+        choice(self.family, "pipeline.family", tuple(FAMILY_MODULES))
 
 
 @dataclass
@@ -92,7 +92,7 @@ class SuiteConfig:
     params: Dict[str, Any] = field(default_factory=dict)       # suite-specific settings
 
     def __post_init__(self) -> None:
-        _require(self.n >= 1, "suite.n", f"must be >= 1, got {self.n}")
+        require(self.n >= 1, "suite.n", f"must be >= 1, got {self.n}")
 
 
 @dataclass
@@ -109,7 +109,7 @@ class Config:
     store_samples: bool = True      # write sample shards to the run directory (resumable)
 
     def __post_init__(self) -> None:
-        _require(math.isfinite(self.guidance_scale) and self.guidance_scale >= 0, "guidance_scale",
+        require(math.isfinite(self.guidance_scale) and self.guidance_scale >= 0, "guidance_scale",
                  f"must be a finite number >= 0, got {self.guidance_scale}")
 
 

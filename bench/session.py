@@ -28,7 +28,6 @@ from bench.results import MetricValue, RunContext, make_row
 from bench.store import SampleStore
 from models.core.interface import Pipeline, SampleBatch, SampleRequest
 from models.core.registry import build_pipeline
-from models.families.external import ExternalSamples
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ class Session:
         for the pipeline's conditioning kind: class labels cycling over all classes, or
         prompts from the shapes caption grammar / the suite's prompt file."""
         cfg = self.cfg
-        if n is None and isinstance(pipe, ExternalSamples):
+        if n is None and pipe.samples_made_elsewhere:
             n = self.external_n(pipe)
         fields: dict[str, Any] = dict(
             n=cfg.suite.n if n is None else n, seed=cfg.seed, guidance_scale=cfg.guidance_scale,
@@ -125,7 +124,7 @@ class Session:
         self._check_prompt_reuse(pipe, fields)
         return SampleRequest(**fields)
 
-    def external_n(self, pipe: ExternalSamples) -> int:
+    def external_n(self, pipe: Pipeline) -> int:
         """How many samples made elsewhere to score: all of them (as torch-fidelity and clean-fid
         do), unless suite.n was given; the suite's default n is for pipelines that sample."""
         available, n = len(pipe), self.cfg.suite.n
@@ -142,7 +141,7 @@ class Session:
         """Prompts cycle over samples (sample i gets prompt i mod k): fewer prompts than samples
         means repeated prompts, which the numbers then measure. A warning, not an error."""
         prompts, n = fields.get("prompts"), fields["n"]
-        if prompts is None or len(prompts) >= n or isinstance(pipe, ExternalSamples) and pipe.prompts is not None:
+        if prompts is None or len(prompts) >= n or pipe.samples_made_elsewhere and pipe.prompts is not None:
             return   # enough prompts, or samples made elsewhere that bring one each (ExternalSamples.bind)
         source = self.cfg.suite.params.get("prompts") or "the request"
         self.say(f"pipeline {pipe.info.name}: {len(prompts)} prompt(s) for {n} samples (prompts from {source}); "
@@ -248,7 +247,7 @@ class Session:
         if not reduce_metrics(metrics, self.world):
             return []   # not rank 0: its share went to rank 0, which records the rows
         values = metrics.compute()
-        if isinstance(pipe, ExternalSamples):   # how many samples there were to score, beside the n scored
+        if pipe.samples_made_elsewhere:   # how many samples there were to score, beside the n scored
             values = [replace(value, details={**value.details, "n_available": len(pipe)}) for value in values]
         log.info("%s %s: %d metrics in %.1fs", pipe.info.name, point, len(values), time.perf_counter() - started)
         self.record(pipe, values, point)

@@ -7,7 +7,6 @@ from typing import Any, Mapping, Sequence
 from bench.metrics.registry import sampled_names, spec
 from bench.metrics.speed import measure_speed
 from models.core.interface import Pipeline
-from models.families.external import ExternalSamples
 
 
 def applicable_metrics(names: Sequence[str], pipe: Pipeline) -> list[str]:
@@ -23,15 +22,15 @@ def quality_and_speed(session, pipe: Pipeline, point: Mapping[str, Any] | None =
                       speed_n: int | None = None, **request_overrides: Any) -> None:
     """FID/KID/PR/(IS)/(CLIP) over suite.n samples, then timed sampling (warm-up excluded) of
     speed_n images per repeat (suite.params.speed_n; None = hardware.batch_size). Samples made
-    elsewhere (ExternalSamples) are all scored unless suite.n is given, and get no speed rows:
-    nothing is sampled, and reading files is not generation speed."""
+    elsewhere (`Pipeline.samples_made_elsewhere`) are all scored unless suite.n is given, and get
+    no speed rows: nothing is sampled, and reading files is not generation speed."""
     point = dict(point or {})
     names = session.cfg.metrics.names
     metrics = applicable_metrics(names, pipe)
     if metrics:
         request = session.request(pipe, **request_overrides)
         session.evaluate(pipe, request, metrics, point, data=session.data_for(pipe))
-    if "speed" in names and isinstance(pipe, ExternalSamples):
+    if "speed" in names and pipe.samples_made_elsewhere:
         session.say(f"speed: not measured for external pipeline {pipe.info.name}: its samples were made "
                     "elsewhere, so there is no sampling to time (reading files is not generation speed)")
     elif "speed" in names and session.world.is_main:   # timed on one process, not contended

@@ -7,7 +7,8 @@ from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from bench.config import ConfigError, DataConfig, HardwareConfig, PipelineConfig, _require
+from bench.config import ConfigError, DataConfig, HardwareConfig, PipelineConfig
+from bench.data.config import require
 from models.core.checkpoint import WEIGHT_DTYPES
 
 
@@ -44,19 +45,19 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
-            _require(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
-        _require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
-        _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
-        _require(self.lr_schedule in LR_SCHEDULES, "train.lr_schedule",
+            require(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
+        require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        require(self.lr_schedule in LR_SCHEDULES, "train.lr_schedule",
                  f"must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        _require(0 <= self.lr_min <= self.lr, "train.lr_min", f"must be in [0, train.lr={self.lr}], got {self.lr_min}")
-        _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
-        _require(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
-        _require(0 <= self.p_uncond < 1, "train.p_uncond", f"must be in [0, 1), got {self.p_uncond}")
-        _require(self.threads >= 0, "train.threads", "must be >= 0")
-        _require(self.export_dtype in WEIGHT_DTYPES, "train.export_dtype",
+        require(0 <= self.lr_min <= self.lr, "train.lr_min", f"must be in [0, train.lr={self.lr}], got {self.lr_min}")
+        require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
+        require(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        require(0 <= self.p_uncond < 1, "train.p_uncond", f"must be in [0, 1), got {self.p_uncond}")
+        require(self.threads >= 0, "train.threads", "must be >= 0")
+        require(self.export_dtype in WEIGHT_DTYPES, "train.export_dtype",
                  f"must be one of {sorted(WEIGHT_DTYPES)}, got {self.export_dtype!r}")
-        _require(self.max_seconds >= 0, "train.max_seconds", "must be >= 0 (0 = off)")
+        require(self.max_seconds >= 0, "train.max_seconds", "must be >= 0 (0 = off)")
 
 
 @dataclass

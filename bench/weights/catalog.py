@@ -8,7 +8,7 @@ not match: a corrupt or substituted network would silently move every number it 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.weights.errors import WeightsNotFoundError
@@ -55,10 +55,10 @@ class WeightSpec:
     derive: Derivation | None = None
     downloads: tuple[Download, ...] = ()
     note: str = ""                                  # extra advice for the error message
-    pinned: dict[str, str] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "pinned", dict(self.checksums))
+    @property
+    def pinned(self) -> dict[str, str]:
+        return dict(self.checksums)
 
     def expected_sha256(self, path: Path) -> str | None:
         return self.pinned.get(path.name)

@@ -252,6 +252,9 @@ class Pipeline(ABC):
     info: PipelineInfo
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    # A loader of samples made elsewhere (models.families.external): it has `len()` samples, all
+    # scored unless suite.n is given, and nothing to time.
+    samples_made_elsewhere: bool = False
 
     @abstractmethod
     def networks(self) -> Mapping[str, torch.nn.Module]:

@@ -50,6 +50,8 @@ ALL = 2 ** 62        # DataConfig.n for "every image in the file"
 class ExternalSamples(Pipeline):
     """Stored images as a pipeline: sample i is item i of an `ImageSource`."""
 
+    samples_made_elsewhere = True
+
     def __init__(self, name: str, source: Any, prompts: Sequence[str] | None = None) -> None:
         self.source = source
         self.prompts = list(prompts) if prompts is not None else None
