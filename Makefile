@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test install clean-venv
+.PHONY: run test install clean-venv gpu-check
 
 install: $(STAMP)
 
@@ -31,3 +31,11 @@ test: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The prepared GPU check (issue 19): `make gpu-check GPU_WEIGHTS=DIR` on a CUDA machine, DIR made
+# beforehand by `python -m bench.tools.gpu_check --prepare DIR` (float16 Inception, 43.7 MB);
+# `make gpu-check DRY=1`: tiny sizes on the CPU, the same code path.
+GPU_WEIGHTS ?= gpu_weights
+GPU_CHECK_OUT ?= outputs/gpu_check.json
+gpu-check: $(STAMP)
+	$(PY) -m bench.tools.gpu_check $(if $(DRY),--dry-run,--weights $(GPU_WEIGHTS)) --out $(GPU_CHECK_OUT)

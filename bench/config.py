@@ -7,12 +7,15 @@ with the key's full name and what is allowed.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 # The data group's schema and the shared checks live in the data layer (a model family builds a
 # DataConfig too); ConfigError and DataConfig are re-exported here with the rest of the tree.
@@ -58,16 +61,22 @@ class MetricsConfig:
     clip_pretrained: Optional[str] = None
     feature_batch_size: int = 64
     speed_repeats: int = 3
+    bootstrap: int = 0              # FID bootstrap replicates (0: no CI; bench.metrics.bootstrap)
+    bootstrap_seed: int = 0
 
     def __post_init__(self) -> None:
         unknown = unknown_names(self.names)
+        lower = [name.lower() for name in unknown if name.lower() in metric_names()]
         require(not unknown, "metrics.names",
-                 f"{unknown} are not metrics; choose from {sorted(metric_names())}")
+                 f"{unknown} are not metrics; choose from {sorted(metric_names())}"
+                 + (f" (names are lower case: {lower})" if lower else ""))
         choice(self.resize_mode, "metrics.resize_mode", RESIZE_MODES)
         require(self.kid_subsets >= 1, "metrics.kid_subsets", "must be >= 1")
         require(self.kid_subset_size >= 2, "metrics.kid_subset_size", "must be >= 2")
         require(self.pr_k >= 1, "metrics.pr_k", "must be >= 1")
         require(self.feature_batch_size >= 1, "metrics.feature_batch_size", "must be >= 1")
+        require(self.bootstrap == 0 or self.bootstrap >= 10, "metrics.bootstrap",
+                f"must be 0 (off) or >= 10 replicates for a 95% interval, got {self.bootstrap}")
 
 
 @dataclass
@@ -107,6 +116,8 @@ class Config:
     guidance_scale: float = 1.0
     quiet: bool = False             # no progress bars (CI)
     store_samples: bool = True      # write sample shards to the run directory (resumable)
+    dry_run: bool = False           # validate the config, print the plan, exit 0 (bench.app.preflight)
+    debug: bool = False             # errors in the input also print their traceback
 
     def __post_init__(self) -> None:
         require(math.isfinite(self.guidance_scale) and self.guidance_scale >= 0, "guidance_scale",
@@ -117,8 +128,41 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="diffbench_schema", node=Config)
 
 
-def validate(cfg: DictConfig) -> Config:
-    """Composed config -> typed objects; raises ConfigError naming the first bad key."""
+def check_known_keys(cfg: DictConfig, schema: type = Config, prefix: str = "") -> None:
+    """Every key of the composed config is one of the schema's: `+foo=1` composes (Hydra adds
+    it), so it is refused here with the key and the allowed keys. Free mappings (pipeline.params,
+    suite.params, suite.sweep) are checked by their owners (family builders, suites)."""
+    hints = typing.get_type_hints(schema)
+    allowed = [f.name for f in dataclasses.fields(schema)]
+    for key in cfg.keys():
+        if prefix == "" and key == "hydra":
+            continue
+        if key not in allowed:
+            raise ConfigError(f"config key '{prefix}{key}': no such key; the keys {'at the top level' if not prefix else 'of ' + prefix.rstrip('.')} "
+                              f"are {allowed}")
+        node = cfg._get_node(key)
+        if dataclasses.is_dataclass(hints.get(key)) and isinstance(node, DictConfig) and not node._is_missing() \
+                and not node._is_none():
+            check_known_keys(node, hints[key], f"{prefix}{key}.")
+
+
+def schema_keys(path: str, schema: type = Config) -> list[str] | None:
+    """The keys the schema allows at a dotted path ("" = the top level); None below a free mapping."""
+    for part in filter(None, path.split(".")):
+        hint = typing.get_type_hints(schema).get(part)
+        if not dataclasses.is_dataclass(hint):
+            return None
+        schema = hint
+    return [f.name for f in dataclasses.fields(schema)]
+
+
+def validate(cfg: DictConfig, schema: type | None = None) -> Any:
+    """Composed config -> typed objects; raises ConfigError naming the first bad key. `schema`:
+    the composed tree's dataclass (bench.train passes its TrainRunConfig); by default the one the
+    config was composed on (its defaults list names a stored schema), else Config."""
+    composed_on = OmegaConf.get_type(cfg)
+    schema = schema or (composed_on if dataclasses.is_dataclass(composed_on) else Config)
+    check_known_keys(cfg, schema)
     try:
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except ConfigError:
@@ -127,4 +171,13 @@ def validate(cfg: DictConfig) -> Config:
         cause = err.__cause__ or err.__context__
         if isinstance(cause, ConfigError):
             raise cause from None
-        raise ConfigError(str(err)) from err
+        raise ConfigError(omegaconf_message(err)) from err
+
+
+def omegaconf_message(err: Exception) -> str:
+    """OmegaConf's multi-line complaint as one line naming the key."""
+    key = getattr(err, "full_key", None)
+    first = str(err).splitlines()[0].rstrip(".") if str(err) else type(err).__name__
+    if isinstance(err, MissingMandatoryValue) and key:
+        return f"config key '{key}': no value given (it is ??? in its config file); add {key}=VALUE"
+    return f"config key '{key}': {first}" if key else first

@@ -48,6 +48,31 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+# files whose bytes are a model's weights (a diffusers / transformers folder: *.safetensors, *.bin)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+
+
+def weight_file_hashes(folder: str | Path) -> dict[str, str]:
+    """relative path -> sha256 of every weight file under a model folder (symlinks into the
+    Hugging Face cache followed), in path order."""
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    return {p.relative_to(root).as_posix(): file_sha256(str(p)) for p in files}
+
+
+def model_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline's `provenance` (models.families.diffusers: model path or repo id, its local
+    folder, pipeline and component classes, library versions, schedulers that ran; per stage
+    for a cascade) with `weight_files`, the sha256 of every weight file in each folder."""
+    record = dict(provenance)
+    if isinstance(record.get("stages"), dict):
+        record["stages"] = {name: model_provenance(stage) for name, stage in record["stages"].items()}
+    if "folder" in record:
+        folder = record["folder"]
+        record["weight_files"] = weight_file_hashes(folder) if folder and Path(folder).is_dir() else None
+    return record
+
+
 def write_manifest(run_dir: Path, *, run_id: str, status: str, config: dict, seed: int,
                    device: dict | None = None, weights: dict | None = None,
                    checkpoints: dict | None = None, error: str | None = None,

@@ -47,7 +47,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from bench.atomic import atomic_write_json, atomic_write_text
-from bench.results import param_columns
+from bench.results import RUN_SETTINGS, param_columns
 from reports.load import ReportError, canonical_value, load_runs, normalise
 from reports.metric_kinds import DIRECTIONS, metric_kind, metric_sort_key
 
@@ -247,6 +247,11 @@ def compare(baseline: dict[str, Any], frame: pd.DataFrame, *, check_timing: bool
         tol = resolve_tolerance(entry["metric"], specs, check_timing)
         base = _num(entry.get("value"))
         cur_entry = current.get(key)
+        if cur_entry is None:   # a baseline written before the run settings were columns of the rows
+            matched = _match_without_new_settings(entry, current)
+            if matched is not None:
+                seen.add(matched[0])
+                cur_entry = matched[1]
         row = Comparison(entry["pipeline"], entry["params"], entry["metric"], base,
                          None if cur_entry is None else cur_entry["value"], None, "")
         if cur_entry is None:
@@ -266,6 +271,18 @@ def compare(baseline: dict[str, Any], frame: pd.DataFrame, *, check_timing: bool
             out.append(Comparison(entry["pipeline"], entry["params"], entry["metric"], None,
                                   entry["value"], None, "new"))
     return sorted(out, key=lambda c: (c.pipeline, point_key("", c.params, ""), metric_sort_key(c.metric)))
+
+
+def _match_without_new_settings(entry: dict[str, Any], current: dict[str, dict[str, Any]]
+                                ) -> tuple[str, dict[str, Any]] | None:
+    """(key, entry) of the one current entry with the baseline entry's pipeline, metric and point
+    once the run-setting columns the baseline does not have (RUN_SETTINGS, issue 17) are set
+    aside: a baseline from before they were row columns still gates; a setting it has still counts."""
+    want = point_key(entry["pipeline"], entry["params"], entry["metric"])
+    hits = [(key, other) for key, other in current.items()
+            if point_key(other["pipeline"], {k: v for k, v in other["params"].items()
+                                             if k not in RUN_SETTINGS or k in entry["params"]}, other["metric"]) == want]
+    return hits[0] if len(hits) == 1 else None
 
 
 def _near_miss(entry: dict[str, Any], current: Any) -> str:

@@ -1,7 +1,7 @@
 """Tidy result rows (DESIGN.md "Results"): one measurement per row.
 
-Columns: CORE_COLUMNS first, then one column per sweep parameter (any other column except
-`details`), then `details`, a JSON object of provenance (feature extractor, resize mode,
+Columns: CORE_COLUMNS first, then one column per run setting (RUN_SETTINGS) and sweep parameter
+(any other column except `details`), then `details`, a JSON object of provenance (feature extractor, resize mode,
 weights name + sha256, CLIP model, device, dtype, ...). Written atomically as
 results.csv + results.parquet; reports and the regression gate read only these files.
 """
@@ -18,6 +18,10 @@ import pandas as pd
 from bench.atomic import atomic_write
 
 CORE_COLUMNS = ("run_id", "suite", "pipeline", "family", "metric", "value", "ci_low", "ci_high", "n", "unit")
+# The run's own settings, a column of every row they shape (bench.session.Session.row_settings); a
+# suite's sweep axis of the same name (guidance_scale, sampler, steps, ...) fills the same column.
+RUN_SETTINGS = ("checkpoint", "pipeline_params", "sampler", "steps", "eta", "thresholding", "threshold_percentile",
+                "guidance_scale", "seed", "data", "data_n", "data_root", "data_seed", "resize_mode", "reference")
 DETAILS_COLUMN = "details"
 RESULT_FILES = ("results.csv", "results.parquet")
 

@@ -6,8 +6,11 @@ Models and metric sets are loaded once per session and reused across sweep point
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -15,10 +18,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from omegaconf import OmegaConf
 
-from bench.config import Config, DataConfig, MetricsConfig, PipelineConfig
+from bench.config import Config, ConfigError, DataConfig, MetricsConfig, PipelineConfig
 from bench.data.config import BUNDLED_DATASETS
 from bench.data.prompts import load_prompts, shapes_prompts
-from bench.device import resolve_device, resolve_dtype
+from bench.device import apply_memory_budget, resolve_device, resolve_dtype
 from bench.distributed import World, barrier, reduce_metrics, shard
 from bench.metrics import build_metrics
 from bench.metrics.inception import build_inception
@@ -27,7 +30,7 @@ from bench.progress import progress
 from bench.results import MetricValue, RunContext, make_row
 from bench.store import SampleStore
 from models.core.interface import Pipeline, SampleBatch, SampleRequest
-from models.core.registry import build_pipeline
+from models.families.adapted import build_adapted_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ class Session:
         self.run_dir = Path(run_dir)
         self.run_id = run_id
         self.world = world or World()
+        apply_memory_budget(cfg.hardware)   # checkpoints are refused past it, before allocation
         self.device = resolve_device(cfg.hardware)
         if self.world.distributed and self.device.type == "cuda":
             self.device = torch.device("cuda", self.world.local_rank)
@@ -78,7 +82,13 @@ class Session:
         spec = self.pipeline_config(name)
         if spec.name not in self._pipelines:
             log.info("loading pipeline %s (family %s, checkpoint %s)", spec.name, spec.family, spec.checkpoint)
-            pipe = build_pipeline(spec.family, spec.name, spec.checkpoint, **spec.params)
+            try:
+                pipe = build_adapted_pipeline(spec.family, spec.name, spec.checkpoint, **spec.params)
+            except ValueError as err:   # a family builder's plain complaint about its params or files
+                if type(err) is not ValueError:
+                    raise                # ConfigError, DataError, ...: already say which input
+                raise ConfigError(f"pipeline {spec.name} (family {spec.family}, pipeline.params "
+                                  f"{dict(spec.params)}): {err}") from err
             pipe.to(self.device, self.dtype)
             self._apply_hardware(pipe)
             self._pipelines[spec.name] = pipe
@@ -233,6 +243,9 @@ class Session:
         point_id = "_".join(f"{k}={v}" for k, v in sorted(point.items())) or "default"
         key = {"pipeline": pipe.info.name, "request": _request_key(request), "point": dict(point),
                "dtype": str(self.dtype)}
+        sampling = pipe.sampling_details(request)   # an external model's scheduler class + config
+        if sampling:
+            key["sampling"] = sampling
         return SampleStore(self.run_dir / "samples" / pipe.info.name / point_id, key)
 
     def evaluate(self, pipe: Pipeline, request: SampleRequest, metric_names: Sequence[str],
@@ -246,25 +259,93 @@ class Session:
             metrics.update(batch)
         if not reduce_metrics(metrics, self.world):
             return []   # not rank 0: its share went to rank 0, which records the rows
-        values = metrics.compute()
+        with warnings.catch_warnings(record=True) as caught:   # e.g. small-n FID/KID warnings, per point
+            warnings.simplefilter("always")
+            values = metrics.compute()
+        for caught_warning in caught:   # said once per run (per kind and place), recorded in the manifest
+            self.say(f"{caught_warning.category.__name__}: {caught_warning.message} (said once per run)", warning=True,
+                     once=(caught_warning.category, caught_warning.filename, caught_warning.lineno))
         if pipe.samples_made_elsewhere:   # how many samples there were to score, beside the n scored
             values = [replace(value, details={**value.details, "n_available": len(pipe)}) for value in values]
         log.info("%s %s: %d metrics in %.1fs", pipe.info.name, point, len(values), time.perf_counter() - started)
-        self.record(pipe, values, point)
+        self.record(pipe, values, point, request=request)
         return values
 
     def record(self, pipe: Pipeline | None, values: Sequence[MetricValue], point: Mapping[str, Any],
-               pipeline_name: str | None = None, family: str | None = None) -> None:
+               pipeline_name: str | None = None, family: str | None = None,
+               request: SampleRequest | None = None) -> None:
         if not self.world.is_main:
             return
+        params = {**self.row_settings(pipe, request), **self.job_params, **point}
+        sampling = pipe.sampling_details(request) if pipe else {}
+        if sampling.get("sampler"):   # the model ran its own scheduler, not the request's sampler
+            params["sampler"] = sampling["sampler"]
+            if "sampler.name" in params:   # a multirun job's `sampler.name=...` column, too
+                params["sampler.name"] = sampling["sampler"]
+            if "thresholding" in sampling:   # and its own clipping / thresholding
+                params["thresholding"] = sampling["thresholding"]
         ctx = RunContext(self.run_id, self.cfg.suite.name,
-                         pipeline_name or (pipe.info.name if pipe else ""),
-                         family or (pipe.info.family if pipe else ""), {**self.job_params, **point})
+                         pipeline_name or (pipe.info.name if pipe else ""),   # `pipeline.name` (issue 17)
+                         family or (pipe.info.family if pipe else ""), params)
         for value in values:
+            if sampling:
+                value = replace(value, details={**value.details, "sampling": sampling})
             weights = value.details.get("weights")
             if isinstance(weights, Mapping):
                 self.weights_used[str(weights.get("name"))] = str(weights.get("sha256"))
             self.rows.append(make_row(ctx, value))
+
+    def _config_name(self, pipe: Pipeline) -> str | None:
+        """The `pipeline.name` a loaded pipeline was loaded under (the key of its config)."""
+        return next((name for name, loaded in self._pipelines.items() if loaded is pipe), None)
+
+    def row_settings(self, pipe: Pipeline | None, request: SampleRequest | None = None) -> dict[str, Any]:
+        """The run's settings that shape a row's numbers, as columns of the row (issue 17), so a
+        table merged from separate runs tells them apart: the pipeline's checkpoint and params, the
+        sampler settings (from the request that ran where there is one; none for samples made
+        elsewhere), the reference data, and the metric options. A suite's sweep point and a
+        multirun job's overrides come after them in the row and win. Rows of no pipeline (e.g.
+        autoencoders) carry the metric options only; their suite names their data in the point."""
+        metrics = self.cfg.metrics
+        settings: dict[str, Any] = {}
+        if pipe is not None:
+            name = self._config_name(pipe)
+            if name in self._pipelines:
+                spec = self.pipeline_config(name)
+                if spec.checkpoint:
+                    settings["checkpoint"] = spec.checkpoint
+                if spec.params:
+                    settings["pipeline_params"] = json.dumps(spec.params, sort_keys=True, default=str)
+            if not pipe.samples_made_elsewhere:
+                source = request or self.cfg.sampler
+                settings.update(
+                    sampler=request.sampler if request else self.cfg.sampler.name, steps=source.steps,
+                    eta=source.eta, thresholding=source.thresholding,
+                    guidance_scale=request.guidance_scale if request else self.cfg.guidance_scale,
+                    seed=request.seed if request else self.cfg.seed)
+                if source.thresholding == "dynamic":
+                    settings["threshold_percentile"] = source.dynamic_threshold_percentile
+            data = self.data_for(pipe)
+            settings.update(data=data.name, data_n=data.n)
+            if data.root is not None:
+                settings["data_root"] = data.root
+            if data.name in BUNDLED_DATASETS:
+                settings["data_seed"] = data.seed
+        settings["resize_mode"] = metrics.resize_mode
+        if metrics.reference:
+            settings["reference"] = metrics.reference
+        return settings
+
+
+# Command-line keys of a multirun job -> the row column that already carries the same setting
+# (Session.row_settings), so a job's `sampler.steps=20` is the `steps` column, not a second one.
+SETTING_COLUMNS = {"sampler.name": "sampler", "sampler": "sampler", "sampler.steps": "steps", "sampler.eta": "eta",
+                   "sampler.thresholding": "thresholding",
+                   "sampler.dynamic_threshold_percentile": "threshold_percentile",
+                   "guidance_scale": "guidance_scale", "seed": "seed", "data.name": "data", "data": "data",
+                   "data.n": "data_n", "data.root": "data_root", "data.seed": "data_seed",
+                   "metrics.resize_mode": "resize_mode", "metrics.reference": "reference",
+                   "pipeline.checkpoint": "checkpoint"}
 
 
 def _request_key(request: SampleRequest) -> dict[str, Any]:
@@ -273,4 +354,11 @@ def _request_key(request: SampleRequest) -> dict[str, Any]:
     fields["prompts"] = list(request.prompts) if request.prompts is not None else None
     fields["labels"] = list(request.labels) if request.labels is not None else None
     fields["stage_overrides"] = {k: dict(v) for k, v in request.stage_overrides.items()}
+    # image-to-image inputs (issue 21) by content fingerprint; left out for plain generation, so
+    # stores written before tasks existed keep their key
+    for key in ("task", "input_images", "masks"):
+        value = fields.pop(key, None)
+        if request.task != "generate":
+            fields[key] = value if not isinstance(value, torch.Tensor) else hashlib.sha256(
+                f"{tuple(value.shape)}{value.dtype}".encode() + value.cpu().contiguous().numpy().tobytes()).hexdigest()
     return fields

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from bench.config import ConfigError, validate
-from bench.training.config import register_train_schema
+from bench.training.config import TrainRunConfig, register_train_schema
 from bench.training.trainer import train
 
 log = logging.getLogger("bench.train")
@@ -28,7 +28,7 @@ register_train_schema()
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(raw: DictConfig) -> None:
     try:
-        cfg = validate(raw)
+        cfg = validate(raw, TrainRunConfig)
         summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     except (ConfigError, FileNotFoundError, ValueError) as err:
         log.error("%s", err)

@@ -5,18 +5,27 @@
 - Pareto plot of two metrics (e.g. FID vs CLIP score, the Imagen/GLIDE guidance figure):
   one curve per pipeline, points labelled by their sweep value, the non-dominated points
   over all pipelines highlighted (directions from `reports.metric_kinds`);
-- an overview (one bar panel per metric) when no sweep axis varies.
+- per-model bar charts: FID (and rFID) with their CIs, one bar per pipeline (and sweep point),
+  and time per image split into stacked per-stage bars (annotated with images/s) where the
+  pipelines have per-stage timings; `--plot METRIC:AXIS` with a categorical axis (pipeline,
+  data, ...) is a bar chart too;
+- an overview (one bar panel per metric) when no sweep axis varies and nothing else is plotted.
+
+A line plot needs an axis with at least two numeric values and a series (a pipeline at fixed
+other settings) that has two points on it: one point per series on a categorical axis answers
+nothing a bar chart does not answer better.
 """
 from __future__ import annotations
 
 import math
 import re
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from bench.results import param_columns
 from reports.load import ReportError, normalise
@@ -58,22 +67,60 @@ def varying_axes(frame: pd.DataFrame) -> list[str]:
 SUITE_PARETOS: dict[str, list[tuple[str, str]]] = {"f_sweep": [("images_per_s", "fid")]}
 
 
+# Metrics compared model by model in a bar chart when no numeric sweep already plots them.
+BAR_METRICS = ("fid", "rfid")
+STAGE_PLOT = "time_per_image_by_stage.png"
+
+
+def is_numeric(values: Sequence[Any]) -> bool:
+    """All present values are numbers (bools are not)."""
+    present = [v for v in values if v is not None]
+    return bool(present) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
+
+
+def _series_have_a_line(sub: pd.DataFrame, axis: str) -> bool:
+    """Whether some series (pipeline at fixed other varying settings) has 2+ values on `axis`."""
+    others = [c for c in varying_axes(sub) if c != axis]
+    keyed = sub.assign(_k=[repr(tuple(r)) for r in sub[["pipeline", *others]].itertuples(index=False)])
+    return bool((keyed.groupby("_k")[axis].agg(lambda v: v.dropna().astype(str).nunique()) > 1).any())
+
+
+def line_plot_wanted(frame: pd.DataFrame, metric: str, axis: str) -> bool:
+    """A line plot of `metric` vs `axis` answers a question: the axis has 2+ numeric values for
+    this metric and some series has 2+ points on it."""
+    sub = frame[(frame["metric"] == metric) & frame[axis].notna()]
+    return (not sub.empty and is_numeric(list(sub[axis])) and sub[axis].astype(str).nunique() > 1
+            and _series_have_a_line(sub, axis))
+
+
 def auto_specs(frame: pd.DataFrame) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Each metric vs each varying axis (where that metric has 2+ points on it); CLIP score
-    (x) vs FID (y) when both were measured; and the suites' own Pareto pairs (SUITE_PARETOS)."""
+    """Each metric vs each numeric varying axis (where a line plot is wanted, see
+    `line_plot_wanted`); CLIP score (x) vs FID (y) over every model that has both (2+ points);
+    and the suites' own Pareto pairs (SUITE_PARETOS)."""
     frame = normalise(frame)
     metrics = sorted(set(frame["metric"]), key=metric_sort_key)
-    plots = []
-    for axis in varying_axes(frame):
-        for metric in metrics:
-            values = frame.loc[frame["metric"] == metric, axis].dropna().astype(str)
-            if values.nunique() > 1:
-                plots.append((metric, axis))
+    plots = [(metric, axis) for axis in varying_axes(frame) for metric in metrics
+             if line_plot_wanted(frame, metric, axis)]
     paretos = [(m, "fid") for m in metrics if "fid" in metrics and "clip" in m.lower()]
     for suite in sorted({s for s in frame["suite"] if s}):
         paretos += [(x, y) for x, y in SUITE_PARETOS.get(suite, [])
                     if x in metrics and y in metrics and (x, y) not in paretos]
+    paretos = [(x, y) for x, y in paretos if len(_paired(frame, x, y)) >= 2]
     return plots, paretos
+
+
+def auto_bars(frame: pd.DataFrame, plots: Sequence[tuple[str, str]]) -> list[str]:
+    """BAR_METRICS with 2+ values, unless the line plots in `plots` already show every one of
+    them (merged runs: the models outside a sweep still get their bars)."""
+    frame = normalise(frame)
+    wanted = []
+    for metric in BAR_METRICS:
+        rows = frame[frame["metric"] == metric]
+        axes = [axis for m, axis in plots if m == metric]
+        shown = rows[axes].notna().any(axis=1) if axes else pd.Series(False, index=rows.index)
+        if len(rows) >= 2 and not shown.all():
+            wanted.append(metric)
+    return wanted
 
 
 def _file_name(*parts: str) -> str:
@@ -108,16 +155,153 @@ def _group_label(pipeline: str, others: dict[str, Any]) -> str:
     return f"{pipeline} ({extra})" if extra else pipeline
 
 
-def plot_metric_vs_axis(frame: pd.DataFrame, metric: str, axis: str, path: Path) -> Path:
+def _wrap(text: str, width: int = 28) -> str:
+    """Long bar labels over several lines instead of running into the next one."""
+    return "\n".join(textwrap.wrap(str(text), width, break_long_words=False, break_on_hyphens=False)) or str(text)
+
+
+def _readable_xticks(ax: Any) -> None:
+    """Rotate x tick labels that would otherwise overlap (many, or long, labels)."""
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    if sum(len(t) for t in labels) > 40 or max((len(t) for t in labels), default=0) > 8:
+        for tick in ax.get_xticklabels():
+            tick.set_rotation(30)
+            tick.set_horizontalalignment("right")
+
+
+def _bar_frame(frame: pd.DataFrame, metric: str, axis: str) -> tuple[pd.DataFrame, list[str]]:
+    """The metric's rows in table order and one label per bar: the axis value, then the other
+    settings that vary among these rows (and the run, where the same point comes from several)."""
+    sub = frame[(frame["metric"] == metric) & frame[axis].notna()]
+    # settings that the axis value already fixes (an autoencoder's f) would only lengthen the label
+    others = [c for c in ["pipeline", *varying_axes(sub)] if c != axis
+              and (sub.groupby(axis)[c].agg(lambda v: v.astype(str).nunique()) > 1).any()]
+    keys = [axis, *others]
+    sub = sub.assign(_o=[tuple(sort_key(v) for v in r) for r in sub[keys].itertuples(index=False)]) \
+        .sort_values("_o", kind="stable")
+    labels = [_group_label(str(r[0]), {k: v for k, v in zip(others, r[1:]) if v is not None})
+              for r in sub[keys].itertuples(index=False)]
+    if len(set(labels)) < len(labels):
+        labels = [f"{label} [{run}]" for label, run in zip(labels, sub["run_id"])]
+    return sub, labels
+
+
+def plot_bars(frame: pd.DataFrame, metric: str, path: Path, axis: str = "pipeline") -> Path:
+    """One horizontal bar per `axis` value (and per setting of the other varying columns), the
+    stored CI as error bars; labels wrapped so they never overlap."""
     frame = normalise(frame)
     _check_metric(frame, metric)
-    if axis not in param_columns(frame):
-        raise ReportError(f"sweep axis {axis!r} is not in the results; available: {param_columns(frame)}")
+    sub, labels = _bar_frame(frame, metric, axis)
+    if sub.empty:
+        raise ReportError(f"no {metric!r} value has a {axis!r} value to plot against")
+    wrapped = [_wrap(label) for label in labels]
+    lines = sum(label.count("\n") + 1 for label in wrapped)
+    fig = Figure(figsize=(6.4, 1.2 + 0.22 * lines + 0.12 * len(sub)))
+    ax = fig.add_subplot()
+    has_ci = bool(sub["ci_low"].notna().any())
+    ax.barh(range(len(sub)), sub["value"].fillna(0.0), xerr=_errors(sub) if has_ci else None, capsize=3,
+            color="tab:blue")
+    for i, value in enumerate(sub["value"]):
+        ax.annotate(format(value, ".4g"), (0, i), xytext=(3, 0), textcoords="offset points", va="center",
+                    fontsize=7, color="white" if value > 0 else "black")
+    ax.set_yticks(range(len(sub)), wrapped, fontsize=8)
+    ax.invert_yaxis()
+    ax.xaxis.set_major_locator(MaxNLocator(6))
+    ax.set_xlabel(_label(metric, _unit(sub, metric)))
+    ci = "; error bars: the stored CI" if has_ci else ""
+    ax.set_title(f"{metric} by {axis}{ci}", fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, **_SAVE)
+    return Path(path)
+
+
+def _stage_of(metric: str, prefix: str) -> str | None:
+    match = re.fullmatch(re.escape(prefix) + r"\[(.+)\]", metric)
+    return match.group(1) if match else None
+
+
+def stage_time_wanted(frame: pd.DataFrame) -> bool:
+    """Per-stage timings exist for at least one pipeline, and s/image for two bars or more."""
+    frame = normalise(frame)
+    return (any(_stage_of(m, "stage_s_per_image") for m in set(frame["metric"]))
+            and (frame["metric"] == "s_per_image").sum() >= 2)
+
+
+def plot_stage_times(frame: pd.DataFrame, path: Path) -> Path:
+    """Seconds per image as stacked per-stage bars (stage_s_per_image[stage] rows, the stages in
+    pipeline order; the rest of the total as 'other'), one bar per pipeline and sweep point,
+    annotated with images/s: where a pipeline's sampling time goes, and how the models compare."""
+    frame = normalise(frame)
+    _check_metric(frame, "s_per_image")
+    totals, labels = _bar_frame(frame, "s_per_image", "pipeline")
+    keys = ["pipeline", *param_columns(frame)]
+
+    def same_point(rows: pd.DataFrame, total: pd.Series) -> pd.Series:
+        match = rows["run_id"] == total["run_id"]
+        for key in keys:
+            match &= rows[key].map(lambda v: v == total[key] if total[key] is not None else v is None)
+        return match
+
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+               "tab:olive", "tab:cyan"]
+    colours: dict[str, str] = {}   # one colour per stage name across bars (first come, first served)
+    wrapped = [_wrap(label) for label in labels]
+    lines = sum(label.count("\n") + 1 for label in wrapped)
+    fig = Figure(figsize=(7.2, 1.4 + 0.22 * lines + 0.12 * len(totals)))
+    ax = fig.add_subplot()
+    ends = []
+    for i, (_, total) in enumerate(totals.iterrows()):
+        rows = frame[same_point(frame, total)]
+        left = 0.0
+        segments = []   # this pipeline's stages in its own order (the order its rows were written)
+        for metric, value in zip(rows["metric"], rows["value"]):
+            stage = _stage_of(metric, "stage_s_per_image")
+            if stage and math.isfinite(value):
+                segments.append((stage, float(value)))
+        rest = float(total["value"]) - sum(v for _, v in segments)
+        if rest > 0.005 * float(total["value"]):
+            segments.append(("other", rest))
+        for stage, seconds in segments:
+            new = stage not in colours
+            colours.setdefault(stage, "lightgray" if stage == "other" else palette[len(colours) % len(palette)])
+            ax.barh(i, seconds, left=left, color=colours[stage], label=stage if new else "_nolegend_")
+            left += seconds
+        ends.append(left)
+        ips = rows.loc[rows["metric"] == "images_per_s", "value"]
+        throughput = float(ips.iloc[0]) if len(ips) else 1.0 / float(total["value"])
+        ax.annotate(f"{throughput:.3g} img/s", (left, i), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=7)
+    left = ends
+    ax.set_yticks(range(len(totals)), wrapped, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(left) * 1.25 if left and max(left) > 0 else 1)
+    ax.xaxis.set_major_locator(MaxNLocator(6))
+    ax.set_xlabel("seconds per image (lower is better), split by stage")
+    ax.set_title("time per image by stage (annotated: throughput)", fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="stage", title_fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, **_SAVE)
+    return Path(path)
+
+
+def plot_metric_vs_axis(frame: pd.DataFrame, metric: str, axis: str, path: Path) -> Path:
+    """A line per series against a numeric axis; a bar chart against `pipeline` or a
+    categorical axis (one bar per value, labelled with the other settings that vary)."""
+    frame = normalise(frame)
+    _check_metric(frame, metric)
+    if axis != "pipeline" and axis not in param_columns(frame):
+        raise ReportError(f"axis {axis!r} is not in the results; available: {['pipeline', *param_columns(frame)]}")
     sub = frame[(frame["metric"] == metric) & frame[axis].notna()]
     if sub.empty:
         raise ReportError(f"no {metric!r} value has a {axis!r} value to plot against")
     xs = list(sub[axis])
-    numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+    if axis == "pipeline" or not is_numeric(xs):
+        return plot_bars(frame, metric, path, axis=axis)
+    numeric = True
     categories = sorted(set(xs), key=sort_key)
     others = [c for c in varying_axes(sub) if c != axis]
     fig = Figure(figsize=(6.4, 4.2))
@@ -137,8 +321,7 @@ def plot_metric_vs_axis(frame: pd.DataFrame, metric: str, axis: str, path: Path)
             ax.xaxis.set_minor_formatter(NullFormatter())
         if len(categories) <= 12:  # tick exactly the swept values, spelled as in the table
             ax.set_xticks(categories, [str(v) for v in categories])
-    else:
-        ax.set_xticks(range(len(categories)), [str(v) for v in categories])
+    _readable_xticks(ax)
     ax.set_xlabel(axis)
     ax.set_ylabel(_label(metric, _unit(sub, metric)))
     ax.set_title(f"{metric} vs {axis}")
@@ -223,21 +406,18 @@ def plot_overview(frame: pd.DataFrame, path: Path) -> Path:
     if frame.empty:
         raise ReportError("no result rows to plot")
     metrics = sorted(set(frame["metric"]), key=metric_sort_key)
-    params = param_columns(frame)
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
-    fig = Figure(figsize=(4.2 * cols, 0.6 + rows * (0.6 + 0.3 * frame["pipeline"].nunique())))
+    panels = {metric: _bar_frame(frame, metric, "pipeline") for metric in metrics}
+    lines = max(sum(_wrap(label, 30).count("\n") + 1 for label in labels) for _, labels in panels.values())
+    fig = Figure(figsize=(4.6 * cols, 0.6 + rows * (0.8 + 0.2 * lines)))
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(rows, cols, i + 1)
-        sub = frame[frame["metric"] == metric]
-        sub = sub.assign(_o=[tuple(sort_key(v) for v in r) for r in sub[["pipeline", *params]]
-                             .itertuples(index=False)]).sort_values("_o", kind="stable")
-        labels = [_group_label(r[0], {k: v for k, v in zip(params, r[1:]) if v is not None})
-                  for r in sub[["pipeline", *params]].itertuples(index=False)]
-        if len(set(labels)) < len(labels):  # the same point from several runs
-            labels = [f"{label} [{run}]" for label, run in zip(labels, sub["run_id"])]
-        ax.barh(range(len(sub)), sub["value"].fillna(0.0), xerr=_errors(sub), capsize=2)
-        ax.set_yticks(range(len(sub)), labels, fontsize=7)
+        sub, labels = panels[metric]
+        ax.barh(range(len(sub)), sub["value"].fillna(0.0), capsize=2,
+                xerr=_errors(sub) if sub["ci_low"].notna().any() else None)
+        ax.set_yticks(range(len(sub)), [_wrap(label, 30) for label in labels], fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.invert_yaxis()
         ax.set_title(_label(metric, _unit(sub, metric)), fontsize=9)
         ax.grid(alpha=0.3, axis="x")
@@ -253,13 +433,22 @@ def write_plots(frame: pd.DataFrame, out_dir: Path, plots: Sequence[tuple[str, s
     when the automatic set is empty. Returns the PNG paths in a fixed order."""
     frame = normalise(frame)
     out_dir = Path(out_dir)
+    bars: list[str] = []
+    stage_plot = False
+    written = []
     if plots is None and paretos is None:
         plots, paretos = auto_specs(frame)
-        if not plots and not paretos:
-            return [] if frame.empty else [plot_overview(frame, out_dir / "overview.png")]
-    written = []
+        bars, stage_plot = auto_bars(frame, plots), stage_time_wanted(frame)
+        if not plots and not paretos and not frame.empty:   # the overview holds the per-model bars then
+            written.append(plot_overview(frame, out_dir / "overview.png"))
+            bars = []
     for metric, axis in plots or []:
-        written.append(plot_metric_vs_axis(frame, metric, axis, out_dir / _file_name(metric, "vs", axis)))
+        kind = "vs" if axis in param_columns(frame) and is_numeric(list(frame[axis].dropna())) else "by"
+        written.append(plot_metric_vs_axis(frame, metric, axis, out_dir / _file_name(metric, kind, axis)))
+    for metric in bars:
+        written.append(plot_bars(frame, metric, out_dir / _file_name(metric, "by", "pipeline")))
+    if stage_plot:
+        written.append(plot_stage_times(frame, out_dir / STAGE_PLOT))
     for metric_x, metric_y in paretos or []:
         name = _file_name("pareto", metric_y, "vs", metric_x)
         written.append(plot_pareto(frame, metric_x, metric_y, out_dir / name))

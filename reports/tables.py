@@ -1,6 +1,9 @@
-"""Result rows -> one pivot table: rows are (pipeline, sweep point), columns are metrics,
-cells are "value ± half-width" of the stored confidence interval (or "value [low, high]"
-when the interval is not symmetric), written as Markdown, LaTeX (booktabs), CSV and HTML.
+"""Result rows -> pivot tables: rows are (pipeline, sweep point) or any chosen group-by,
+columns are metrics, cells are "value ± half-width" of the stored confidence interval (or
+"value [low, high]" when the interval is not symmetric), written as Markdown, LaTeX
+(booktabs), CSV and HTML. A pivot may carry header labels, fixed decimals, a caption (the
+settings every row shares), text columns (e.g. per-stage shares) and the best cell per
+column in bold; reports.sections and reports.table_spec build such pivots.
 
 Pure functions of the rows: same rows in, byte-identical files out (rows and columns are
 sorted, numbers formatted by fixed rules, no timestamps or paths in the tables).
@@ -19,10 +22,10 @@ import pandas as pd
 from bench.atomic import atomic_write_text
 from bench.results import param_columns
 from reports.load import ReportError, normalise
-from reports.metric_kinds import metric_kind, metric_sort_key
+from reports.metric_kinds import HIGHER, LOWER, metric_kind, metric_sort_key
 
 FORMATS = ("md", "tex", "csv", "html")
-CI_STYLES = ("auto", "pm", "interval")
+CI_STYLES = ("auto", "pm", "interval", "none")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,12 @@ class Pivot:
     n_in_cells: bool = False                  # n varies every which way: each cell shows its own
     notes: list[str] = field(default_factory=list)
     ci_style: str = "auto"
+    labels: dict[str, str] = field(default_factory=dict)      # column -> header (default: its name)
+    decimals: dict[str, int] = field(default_factory=dict)    # metric -> fixed decimals
+    caption: str = ""                                         # e.g. the settings every row shares
+    text_columns: dict[str, dict[tuple, str]] = field(default_factory=dict)  # header -> row -> text
+    bold: set[tuple[tuple, str]] = field(default_factory=set)  # (row, metric) cells shown in bold
+    column_order: list[str] | None = None  # index columns, metrics and text columns interleaved
 
 
 def sort_key(value: Any) -> tuple:
@@ -57,14 +66,21 @@ def sort_key(value: Any) -> tuple:
     return (2, 0, str(value))
 
 
-def build_pivot(frame: pd.DataFrame, ci_style: str = "auto") -> Pivot:
+def build_pivot(frame: pd.DataFrame, ci_style: str = "auto", index: Sequence[str] | None = None,
+                metrics: Sequence[str] | None = None) -> Pivot:
+    """`index`: the row columns (default: suite when several, pipeline, every sweep parameter);
+    `metrics`: the metric columns in order (default: every metric, quality first)."""
     if ci_style not in CI_STYLES:
         raise ReportError(f"ci style {ci_style!r} is not one of {list(CI_STYLES)}")
     frame = normalise(frame)
-    index = ["pipeline", *param_columns(frame)]
-    if frame["suite"].nunique() > 1:
-        index.insert(0, "suite")
-    if _duplicated(frame, index):
+    if metrics is not None:
+        frame = frame[frame["metric"].isin(list(metrics))]
+    if index is None:
+        index = ["pipeline", *param_columns(frame)]
+        if frame["suite"].nunique() > 1:
+            index.insert(0, "suite")
+    index = list(index)
+    if _duplicated(frame, index) and "run_id" not in index:
         index.append("run_id")  # the same point measured in several runs: keep each run's row
         dups = _duplicated(frame, index)
         if dups:
@@ -75,17 +91,30 @@ def build_pivot(frame: pd.DataFrame, ci_style: str = "auto") -> Pivot:
         *key, metric, value, low, high, n = rec
         cells[(tuple(key), metric)] = Cell(value, low, high, n)
     rows = sorted({key for key, _ in cells}, key=lambda k: tuple(sort_key(v) for v in k))
-    metrics = sorted(set(frame["metric"]), key=metric_sort_key)
+    metrics = (sorted(set(frame["metric"]), key=metric_sort_key) if metrics is None
+               else [m for m in metrics if m in set(frame["metric"])])
     units = {}
     for metric in metrics:
         found = sorted({u for u in frame.loc[frame["metric"] == metric, "unit"] if u})
         units[metric] = "/".join(found)
     pivot = Pivot(index, metrics, units, rows, cells, ci_style=ci_style)
     _describe_n(pivot)
-    if any(_finite(c.ci_low) and _finite(c.ci_high) for c in cells.values()):
-        pivot.notes.append("± is half the width of the stored confidence interval (ci_low, ci_high); "
-                           "[low, high] is shown where the interval is not symmetric.")
+    if ci_style != "none" and any(_finite(c.ci_low) and _finite(c.ci_high) for c in cells.values()):
+        pivot.notes.append("± is half the stored confidence interval's width; [low, high] where it is asymmetric.")
     return pivot
+
+
+def mark_best(pivot: Pivot) -> None:
+    """Bold the best value of each metric column (by the metric's direction; ties all bold).
+    Columns with no direction (stage share) or fewer than two values get none."""
+    pivot.bold = set()
+    for metric in pivot.metrics:
+        direction = metric_kind(metric).direction
+        values = {row: c.value for (row, m), c in pivot.cells.items() if m == metric and _finite(c.value)}
+        if direction not in (LOWER, HIGHER) or len(set(values.values())) < 2:
+            continue   # nothing to choose between
+        best = min(values.values()) if direction == LOWER else max(values.values())
+        pivot.bold |= {(row, metric) for row, v in values.items() if v == best}
 
 
 def _duplicated(frame: pd.DataFrame, index: list[str]) -> list[tuple]:
@@ -151,15 +180,21 @@ def _identity(text: str) -> str:
     return text
 
 
+def _markdown_bold(text: str) -> str:
+    return f"**{text}**"
+
+
 @dataclass(frozen=True)
 class Markup:
     pm: str = "±"
     missing: str = "–"
     escape: Callable[[str], str] = _identity
+    bold: Callable[[str], str] = _identity
 
 
-MARKDOWN = Markup()
-LATEX = Markup(pm=r"$\pm$", missing="--", escape=lambda s: latex_escape(s))
+MARKDOWN = Markup(bold=_markdown_bold)
+PLAIN = Markup()   # the terminal: no markup at all
+LATEX = Markup(pm=r"$\pm$", missing="--", escape=lambda s: latex_escape(s), bold=lambda s: rf"\textbf{{{s}}}")
 
 
 def _half_width(cell: Cell) -> float | None:
@@ -168,13 +203,14 @@ def _half_width(cell: Cell) -> float | None:
     return None
 
 
-def column_decimals(cells: Sequence[Cell], metric: str) -> int | None:
+def column_decimals(cells: Sequence[Cell], metric: str, use_ci: bool = True) -> int | None:
     """One precision per column (the finest any of its cells needs), so digits line up.
-    Counts (NFE) that are all whole numbers get none."""
+    Counts (NFE) that are all whole numbers get none. use_ci=False (intervals not shown): the
+    metric's usual precision."""
     if cells and metric_kind(metric).group == "count" and all(
-            _half_width(c) is None and _finite(c.value) and float(c.value).is_integer() for c in cells):
+            _finite(c.value) and float(c.value).is_integer() for c in cells):
         return 0
-    found = [decimals_for(metric, c.value, _half_width(c)) for c in cells]
+    found = [decimals_for(metric, c.value, _half_width(c) if use_ci else None) for c in cells]
     found = [d for d in found if d is not None]
     return max(found) if found else None
 
@@ -190,7 +226,8 @@ def format_cell(cell: Cell | None, metric: str, ci_style: str = "auto", markup: 
     if decimals == -1:
         decimals = decimals_for(metric, value, half)
     text = format_number(value, decimals)
-    if has_ci:
+    exact_count = has_ci and half == 0 and metric_kind(metric).group == "count"   # "4 ± 0" says nothing
+    if has_ci and ci_style != "none" and not exact_count:
         below, above = value - low, high - value
         symmetric = abs(below - above) <= 0.05 * max(abs(below), abs(above)) + 1e-12
         if ci_style == "pm" or (ci_style == "auto" and symmetric):
@@ -211,35 +248,70 @@ def format_param(value: Any, markup: Markup = MARKDOWN) -> str:
 
 
 def metric_header(pivot: Pivot, metric: str) -> str:
+    if metric in pivot.labels:
+        return pivot.labels[metric]
     unit = pivot.units.get(metric, "")
     return f"{metric} ({unit})" if unit else metric
 
 
+def column_names(pivot: Pivot) -> list[str]:
+    """Every shown column by name, in order: index columns, [n], metrics, text columns."""
+    n = ["n"] if pivot.n_by_row is not None else []
+    if pivot.column_order is not None:
+        return [c for c in pivot.column_order if c != "n"] if not n else \
+            [*[c for c in pivot.column_order if c in pivot.index_columns], *n,
+             *[c for c in pivot.column_order if c not in pivot.index_columns and c != "n"]]
+    return [*pivot.index_columns, *n, *pivot.metrics, *pivot.text_columns]
+
+
+def text_flags(pivot: Pivot) -> list[bool]:
+    """Per shown column: True for text (left-aligned: index columns, n, text columns)."""
+    return [c not in pivot.metrics for c in column_names(pivot)]
+
+
+def n_leading_text(pivot: Pivot) -> int:
+    """How many leading columns are text (left-aligned): the index columns and n."""
+    return len(pivot.index_columns) + (pivot.n_by_row is not None)
+
+
 # ---- the four formats ---------------------------------------------------------------------
 
+def header_of(pivot: Pivot, column: str) -> str:
+    if column in pivot.metrics:
+        return metric_header(pivot, column)
+    return pivot.labels.get(column, column)
+
+
 def display_frame(pivot: Pivot, markup: Markup = MARKDOWN) -> pd.DataFrame:
-    """The table as strings: index columns, optional n column, one column per metric."""
-    headers = [markup.escape(c) for c in pivot.index_columns]
-    if pivot.n_by_row is not None:
-        headers.append("n")
-    headers += [markup.escape(metric_header(pivot, m)) for m in pivot.metrics]
-    decimals = {m: column_decimals([c for (_, cm), c in pivot.cells.items() if cm == m], m)
+    """The table as strings: index columns, optional n column, one column per metric, text columns."""
+    columns = column_names(pivot)
+    headers = [markup.escape(header_of(pivot, c)) for c in columns]
+    decimals = {m: pivot.decimals[m] if m in pivot.decimals else
+                column_decimals([c for (_, cm), c in pivot.cells.items() if cm == m], m, pivot.ci_style != "none")
                 for m in pivot.metrics}
+    position = {c: i for i, c in enumerate(pivot.index_columns)}
     records = []
     for row in pivot.rows:
-        record = [format_param(v, markup) for v in row]
-        if pivot.n_by_row is not None:
-            record.append(str(pivot.n_by_row[row]))
-        record += [format_cell(pivot.cells.get((row, m)), m, pivot.ci_style, markup, pivot.n_in_cells,
-                               decimals[m])
-                   for m in pivot.metrics]
+        record = []
+        for column in columns:
+            if column in position:
+                record.append(format_param(row[position[column]], markup))
+            elif column == "n" and pivot.n_by_row is not None:
+                record.append(str(pivot.n_by_row[row]))
+            elif column in pivot.text_columns:
+                text = pivot.text_columns[column].get(row)
+                record.append(markup.escape(text) if text else markup.missing)
+            else:
+                text = format_cell(pivot.cells.get((row, column)), column, pivot.ci_style, markup,
+                                   pivot.n_in_cells, decimals[column])
+                record.append(markup.bold(text) if (row, column) in pivot.bold else text)
         records.append(record)
     return pd.DataFrame(records, columns=headers, dtype=object)
 
 
-def to_markdown(pivot: Pivot) -> str:
-    table = display_frame(pivot)
-    n_text = len(pivot.index_columns) + (pivot.n_by_row is not None)
+def to_markdown(pivot: Pivot, markup: Markup = MARKDOWN) -> str:
+    table = display_frame(pivot, markup)
+    text = text_flags(pivot)
     headers = [str(c) for c in table.columns]
     body = [[str(v) for v in rec] for rec in table.itertuples(index=False)]
     cells = [[h.replace("|", r"\|") for h in headers]] + [[v.replace("|", r"\|") for v in r] for r in body]
@@ -247,12 +319,19 @@ def to_markdown(pivot: Pivot) -> str:
     widths = [max(w, 3) for w in widths]
 
     def line(values: Sequence[str]) -> str:
-        return "| " + " | ".join(v.ljust(w) if i < n_text else v.rjust(w)
+        return "| " + " | ".join(v.ljust(w) if text[i] else v.rjust(w)
                                  for i, (v, w) in enumerate(zip(values, widths))) + " |"
 
-    rule = "| " + " | ".join("-" * w if i < n_text else "-" * (w - 1) + ":"
+    rule = "| " + " | ".join("-" * w if text[i] else "-" * (w - 1) + ":"
                              for i, w in enumerate(widths)) + " |"
     lines = [line(cells[0]), rule, *(line(r) for r in cells[1:])]
+    return framed(pivot, lines)
+
+
+def framed(pivot: Pivot, lines: list[str]) -> str:
+    """A text table's lines with the pivot's caption above and its notes below."""
+    if pivot.caption:
+        lines = [pivot.caption, "", *lines]
     if pivot.notes:
         lines += ["", *(f"- {note}" for note in pivot.notes)]
     return "\n".join(lines) + "\n"
@@ -268,11 +347,11 @@ def latex_escape(text: str) -> str:
 def to_latex(pivot: Pivot) -> str:
     """A booktabs tabular (\\toprule/\\midrule/\\bottomrule) via pandas' Styler."""
     table = display_frame(pivot, LATEX)
-    n_text = len(pivot.index_columns) + (pivot.n_by_row is not None)
-    column_format = "l" * n_text + "r" * (len(table.columns) - n_text)
+    column_format = "".join("l" if t else "r" for t in text_flags(pivot))
     body = table.style.hide(axis="index").to_latex(hrules=True, column_format=column_format)
+    caption = f"% {pivot.caption}\n" if pivot.caption else ""
     notes = "".join(f"% {note}\n" for note in pivot.notes)
-    return body + notes
+    return caption + body + notes
 
 
 def to_csv(pivot: Pivot) -> str:
@@ -295,9 +374,32 @@ def to_csv(pivot: Pivot) -> str:
     return buffer.getvalue()
 
 
+def html_table(pivot: Pivot, table_class: str = "results") -> str:
+    """A <table> whose cells carry their raw number (data-v) for sorting, best cells in <b>."""
+    frame = display_frame(pivot, PLAIN)
+    columns = column_names(pivot)
+    is_text = text_flags(pivot)
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in frame.columns)
+    body = []
+    for row, texts in zip(pivot.rows, frame.itertuples(index=False)):
+        cells = []
+        for i, (column, text) in enumerate(zip(columns, texts)):
+            cell = pivot.cells.get((row, column)) if column in pivot.metrics else None
+            raw = f' data-v="{cell.value!r}"' if cell is not None and _finite(cell.value) else ""
+            shown = html.escape(str(text))
+            if (row, column) in pivot.bold:
+                shown = f"<b>{shown}</b>"
+            align = "" if is_text[i] else ' class="num"'
+            cells.append(f"<td{align}{raw}>{shown}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<table class="{table_class}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
+            + "\n".join(body) + "\n</tbody>\n</table>")
+
+
 def to_html(pivot: Pivot, title: str = "diffbench results") -> str:
-    table = display_frame(pivot).to_html(index=False, border=0, escape=True)
-    notes = "".join(f"<p>{html.escape(note)}</p>\n" for note in pivot.notes)
+    table = html_table(pivot)
+    caption = f"<p>{html.escape(pivot.caption)}</p>\n" if pivot.caption else ""
+    notes = caption + "".join(f"<p>{html.escape(note)}</p>\n" for note in pivot.notes)
     return ("<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html.escape(title)}</title>\n</head>\n<body>\n{table}\n{notes}</body>\n</html>\n")
 

@@ -23,6 +23,9 @@ SUITES = {
     "speed": "suites.speed",
     "cascade": "suites.cascade",
     "regression": "suites.regression",
+    "lora_sweep": "suites.lora_sweep",
+    "superres": "suites.superres",
+    "inpainting": "suites.inpainting",
 }
 
 # A suite's sweep axis -> the config key that sets the same setting for one run (and the group

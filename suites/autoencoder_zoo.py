@@ -10,7 +10,7 @@ from typing import List, Optional
 import torch
 
 from bench.data import build_source
-from bench.data.config import require
+from bench.data.config import BUNDLED_DATASETS, require
 from bench.metrics.inception import POOL_FEATURES
 from bench.metrics.reconstruction import ReconstructionMetrics, load_lpips
 from bench.progress import progress
@@ -64,7 +64,9 @@ def reconstruction_rows(session, names: list[str], data, n: int, rfid: bool = Tr
         cfg = autoencoder.config
         point = {"f": cfg.downsample_factor, "c": cfg.latent_channels, "regularizer": cfg.regularizer,
                  "codebook_size": cfg.codebook_size if cfg.regularizer == "vq" else None,
-                 "data": data.name, "resolution": data.resolution}
+                 "data": data.name, "resolution": data.resolution, "data_n": len(source)}
+        if data.name in BUNDLED_DATASETS:
+            point["data_seed"] = data.seed
         session.record(None, metrics[name].compute(), point, pipeline_name=name, family="autoencoder")
 
 

@@ -36,5 +36,6 @@ def quality_and_speed(session, pipe: Pipeline, point: Mapping[str, Any] | None =
     elif "speed" in names and session.world.is_main:   # timed on one process, not contended
         n = session.cfg.hardware.batch_size if speed_n is None else speed_n
         request = session.request(pipe, n=n, **request_overrides)
-        values = measure_speed(pipe, request, repeats=session.cfg.metrics.speed_repeats, warmup=1)
-        session.record(pipe, values, point)
+        values = measure_speed(pipe, request, repeats=session.cfg.metrics.speed_repeats, warmup=1,
+                               quiet=session.quiet, desc=f"speed {pipe.info.name} {point or ''}".rstrip())
+        session.record(pipe, values, point, request=request)

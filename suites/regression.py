@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List
 
+from bench.data.config import require
+from bench.metrics.registry import metric_names, unknown_names
 from suites.common import applicable_metrics
 from suites.params import SamplingParams
 
@@ -13,6 +15,11 @@ from suites.params import SamplingParams
 @dataclass
 class Params(SamplingParams):
     metrics: List[str] = field(default_factory=lambda: ["fid", "kid", "precision_recall"])  # no timings
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = unknown_names(self.metrics)   # never dropped silently by applicable_metrics
+        require(not unknown, "suite.params.metrics", f"{unknown} are not metrics; choose from {sorted(metric_names())}")
 
 
 def run(session, params: Params) -> None:

@@ -30,7 +30,7 @@ def test_streaming_round_trip(tmp_path):
     assert src._layout is not None, "an np.savez file must be memory-mapped, not loaded"
     assert len(src) == 11 and src.num_classes == int(labels.max()) + 1
     batches, stacked = _all(src)
-    assert isinstance(src._images(), np.memmap)
+    assert src._array is None, "rows are read one by one (np.fromfile), never through a memory map"
     assert torch.equal(stacked, torch.from_numpy(images).permute(0, 3, 1, 2))
     assert torch.cat([b.labels for b in batches]).tolist() == labels.tolist()
     assert torch.cat([b.indices for b in batches]).tolist() == list(range(11))

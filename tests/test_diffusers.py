@@ -80,15 +80,18 @@ def assert_same_samples(a: torch.Tensor, b: torch.Tensor) -> None:
 
 @pytest.fixture(scope="module")
 def sd(tmp_path_factory):
-    """A tiny random Stable Diffusion saved to a folder and loaded through the config path."""
+    """A tiny random Stable Diffusion saved to a folder and loaded through the config path, with
+    the request's sampler mapped onto diffusers schedulers (params.scheduler=request; running as
+    saved is tested in test_diffusers_as_saved.py)."""
     folder = tmp_path_factory.mktemp("tiny-sd")
     tiny_stable_diffusion().save_pretrained(folder)
-    return build_pipeline("external", "tiny-sd", source="diffusers", model=str(folder))
+    return build_pipeline("external", "tiny-sd", source="diffusers", model=str(folder), scheduler="request")
 
 
 def test_stable_diffusion_from_a_local_folder(sd):
     assert isinstance(sd, DiffusersAdapter)
-    assert sd.provenance["class"] == "StableDiffusionPipeline" and "tiny-sd" in sd.provenance["model"]
+    assert sd.provenance["pipeline_class"] == "StableDiffusionPipeline" and "tiny-sd" in sd.provenance["model"]
+    assert sd.info.name == "tiny-sd" and sd.scheduler_mode == "request"     # the name given is kept
     assert (sd.info.family, sd.info.conditioning, sd.info.resolution) == ("external", "text", 16)
     assert sd.info.stage_names == ("text_encoder", "base", "decoder")
     settings = dict(n=3, prompts=PROMPTS, steps=2, guidance_scale=3.0, seed=5)
@@ -117,7 +120,7 @@ def test_stable_diffusion_samplers_map_onto_schedulers(sd, sampler):
 
 
 def test_dit_class_conditional_with_stochastic_steps_and_cfg():
-    dit = wrap_diffusers(tiny_dit(), "tiny-dit")
+    dit = wrap_diffusers(tiny_dit(), "tiny-dit", scheduler="request")
     assert (dit.info.conditioning, dit.info.num_classes, dit.info.resolution) == ("class", 1000, 8)
     # ddpm draws fresh noise every step; DiT's loop passes no generator: SeededSteps seeds it per sample
     settings = dict(n=3, labels=[7, 1, 999], steps=3, guidance_scale=2.5, sampler="ddpm", seed=2)
@@ -174,7 +177,8 @@ def test_the_sd_config_builds_through_the_loader(monkeypatch):
     monkeypatch.setattr(adapters, "load_diffusers", load)
     spec = compose_pipeline("diffusers_sd")
     pipe = build_pipeline(spec.family, spec.name, spec.checkpoint, **spec.params)
-    assert isinstance(pipe, adapters.StableDiffusion) and pipe.info.name == "diffusers_sd"
+    assert isinstance(pipe, adapters.StableDiffusion) and pipe.scheduler_mode == "saved"
+    assert pipe.info.name == "stable-diffusion-v1-5"            # rows name the model, not the config option
     assert loaded == [(spec.params["model"], {"variant": None, "revision": None})]
 
 
@@ -215,7 +219,8 @@ def test_tiny_random_pipelines_run_through_the_smoke_metrics(kind, tmp_path):
 
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "complete"
-    assert set(frame.pipeline) == {pipeline} and set(frame.family) == {"external"}
+    assert set(frame.pipeline) == {f"tiny-{kind}"} and set(frame.family) == {"external"}   # the folder's name
+    assert set(frame.sampler) == {"DDIMScheduler"}     # run as saved: the sampler column names its scheduler
     values = frame.set_index("metric").value
     quality = {"fid", "kid", "precision", "recall"} | ({"clip_score[shapes-clip]"} if kind == "sd" and with_clip else set())
     assert quality | {"images_per_s", "nfe_per_image", "peak_memory_mib"} <= set(values.index), sorted(values.index)
@@ -224,5 +229,5 @@ def test_tiny_random_pipelines_run_through_the_smoke_metrics(kind, tmp_path):
     assert values["nfe_per_image"] == 2.0 and values["images_per_s"] > 0    # 2 steps, no CFG at guidance 1
     stages = {"sd": {"text_encoder", "base", "decoder"}, "dit": {"base", "decoder"}}[kind]
     assert {m[len("stage_s_per_image["):-1] for m in values.index if m.startswith("stage_s_per_image[")} == stages
-    store = tmp_path / "run" / "samples" / pipeline / "default"
+    store = tmp_path / "run" / "samples" / f"tiny-{kind}" / "default"
     assert (store / "shards" / "shard-000000.npz").is_file() and not (store / "parts").exists()

@@ -49,7 +49,7 @@ def tiny_if_stages():
 
 
 def test_if_cascade_maps_per_stage_settings():
-    cascade = wrap_diffusers(tiny_if_stages(), "tiny-if")
+    cascade = wrap_diffusers(tiny_if_stages(), "tiny-if", scheduler="request")
     assert cascade.info.stage_names == ("text_encoder", "base", "sr1") and cascade.info.resolution == 16
     settings = dict(n=3, prompts=PROMPTS, steps=2, guidance_scale=2.0, sampler="ddpm", thresholding="dynamic", seed=4,
                     stage_overrides={"sr1": {"steps": 1, "guidance_scale": 1.0, "noise_aug": 0.25}})
@@ -76,7 +76,7 @@ def test_ddpm_and_ddim_pipelines():
                                  down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                                  up_block_types=("AttnUpBlock2D", "UpBlock2D"))
     for cls in (diffusers.DDPMPipeline, diffusers.DDIMPipeline):
-        pipe = wrap_diffusers(cls(unet=unet, scheduler=diffusers.DDPMScheduler()), cls.__name__)
+        pipe = wrap_diffusers(cls(unet=unet, scheduler=diffusers.DDPMScheduler()), cls.__name__, scheduler="request")
         assert (pipe.info.conditioning, pipe.info.resolution) == ("none", 8)
         settings = dict(n=2, steps=3, sampler="ddim", eta=1.0, thresholding="static", seed=1)
         pair = next(pipe.sample(SampleRequest(batch_size=2, **settings)))
@@ -94,7 +94,8 @@ def test_latent_diffusion_pipelines():
     unet = diffusers.UNet2DModel(sample_size=2, in_channels=3, out_channels=3, layers_per_block=1,
                                  block_out_channels=(8, 8), norm_num_groups=4,
                                  down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
-    ldm = wrap_diffusers(diffusers.LDMPipeline(vqvae=vq, unet=unet, scheduler=diffusers.DDIMScheduler()), "ldm")
+    ldm = wrap_diffusers(diffusers.LDMPipeline(vqvae=vq, unet=unet, scheduler=diffusers.DDIMScheduler()), "ldm",
+                         scheduler="request")
     assert ldm.info.resolution == 16 and ldm.info.stage_names == ("base", "decoder")
     batch = next(ldm.sample(SampleRequest(n=2, steps=2, sampler="heun", batch_size=2)))
     assert batch.images.shape == (2, 3, 16, 16) and batch.stage_nfe == {"base": 3.0}
@@ -108,7 +109,8 @@ def test_latent_diffusion_pipelines():
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=16, attention_head_dim=4)
     t2i = wrap_diffusers(diffusers.LDMTextToImagePipeline(vqvae=vq, bert=bert, tokenizer=tiny_tokenizer(77),
-                                                          unet=text_unet, scheduler=diffusers.DDIMScheduler()), "ldm-t2i")
+                                                          unet=text_unet, scheduler=diffusers.DDIMScheduler()), "ldm-t2i",
+                         scheduler="request")
     settings = dict(n=2, prompts=PROMPTS, steps=2, guidance_scale=3.0, sampler="ddpm", seed=3)
     batch = next(t2i.sample(SampleRequest(batch_size=2, **settings)))
     assert batch.images.shape == (2, 3, 16, 16) and batch.stage_nfe == {"base": 4.0}
@@ -147,7 +149,10 @@ def test_unclip_prior_decoder_super_resolution():
     assert batch.stage_nfe == {"prior": 6.0, "decoder": 4.0, "sr1": 2.0}
     assert set(batch.stage_seconds) == {"text_encoder", "prior", "decoder", "sr1"}
     assert_same_samples(images_of(unclip, batch_size=1, **settings), batch.images)
-    with pytest.raises(ValueError, match="scheduler=native"):
+    assert unclip.sampling_details()["sampler"] == "UnCLIPScheduler"       # its own schedulers, as saved
+    assert set(unclip.sampling_details()["schedulers"]) == {"prior", "decoder", "sr1"}
+    assert set(unclip.provenance["schedulers_ran"]) == {"prior", "decoder", "sr1"}
+    with pytest.raises(ValueError, match="scheduler=saved"):
         wrap_diffusers(pipe, "x", scheduler="request")
 
 
@@ -164,6 +169,10 @@ def test_the_if_config_loads_its_stages_as_a_cascade(monkeypatch):
     spec = compose_pipeline("diffusers_if")
     pipe = build_pipeline(spec.family, spec.name, spec.checkpoint, **spec.params)
     assert isinstance(pipe, adapters.IFCascade) and pipe.info.stage_names == ("text_encoder", "base", "sr1")
+    assert pipe.info.name == "IF-I-XL-v1.0+IF-II-L-v1.0" and set(pipe.provenance["stages"]) == {"sr1"}
+    details = pipe.sampling_details()              # as saved: IF's own DDPM, which thresholds dynamically
+    assert set(details["schedulers"]) == {"base", "sr1"}
+    assert (details["sampler"], details["thresholding"]) == ("DDPMScheduler", "dynamic")
     first, second = spec.params["stages"]
     assert loaded == [(first, {"variant": "fp16", "revision": None}),
                       (second, {"text_encoder": None, "variant": "fp16", "revision": None})]

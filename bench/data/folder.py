@@ -14,7 +14,8 @@ channels; 16-bit (I;16, I) -> 8 bit by `>> 8` (PIL's own conversion clips). Size
 the resolution pass through bit-exact; any other is center-cropped to a square and resized
 with PIL bicubic (antialiased when downsampling).
 
-Unreadable files: with on_bad_file="error" the first one raises `BadImageError` naming it;
+Unreadable files, and images of more than `max_pixels` pixels (data.max_pixels, refused from
+the header before decoding): with on_bad_file="error" the first one raises `BadImageError` naming it;
 with "skip" they are left out of the batches, listed in `source.skipped` and counted in a
 warning. `len(source)` counts the image files found, readable or not.
 
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from bench.data.base import ImageSource
-from bench.data.images import DataError, decode_file
+from bench.data.images import DEFAULT_MAX_PIXELS, DataError, decode_file
 from bench.data.prompts import load_prompts
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,8 @@ class FolderSource(ImageSource):
     name = "folder"
 
     def __init__(self, root: str | Path, resolution: int, n: int | None = None,
-                 captions: str | Path | None = None, on_bad_file: str = "error") -> None:
+                 captions: str | Path | None = None, on_bad_file: str = "error",
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         super().__init__()
         if on_bad_file not in ("error", "skip"):
             raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
@@ -187,6 +189,7 @@ class FolderSource(ImageSource):
         self.has_captions = self.captions is not None
         self.resolution = resolution
         self.skip_bad_files = on_bad_file == "skip"
+        self.max_pixels = int(max_pixels)
 
     def _find_captions(self, captions: str | Path) -> Path:
         path = Path(captions).expanduser()
@@ -204,7 +207,7 @@ class FolderSource(ImageSource):
         return self.root / self.files[index]
 
     def load_image(self, index: int) -> np.ndarray:
-        return decode_file(self.path(index), self.resolution, BAD_FILE_HINT)
+        return decode_file(self.path(index), self.resolution, BAD_FILE_HINT, self.max_pixels)
 
     def caption(self, index: int) -> str | None:
         return self.captions[index] if self.captions is not None else None
@@ -215,4 +218,5 @@ class FolderSource(ImageSource):
             stat = (self.root / rel).stat()
             listing.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return {"files": listing.hexdigest(), "on_bad_file": "skip" if self.skip_bad_files else "error",
+                **({"max_pixels": self.max_pixels} if self.max_pixels != DEFAULT_MAX_PIXELS else {}),
                 "captions": _file_sha256(self.captions_path) if self.captions_path else None}

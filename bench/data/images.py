@@ -11,6 +11,11 @@ The rule, applied to every image that comes from a user's file:
 - float images (F) are not guessed at: they are reported as unsupported.
 - EXIF orientation is not applied (neither torch-fidelity nor clean-fid applies it).
 
+Bounds: an image of more than `max_pixels` pixels (data.max_pixels, default DEFAULT_MAX_PIXELS =
+64 Mi px, e.g. 8192 x 8192) is refused from its header, before it is decoded, with a
+`BadImageError` naming the file and its size (skipped and counted under on_bad_file=skip); PIL's
+own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS, ~179 Mpx) is reported the same way.
+
 Size: an image already resolution x resolution passes through bit-exact. Any other image is
 center-cropped to a square of its shorter side (offsets floor((W - s) / 2), as ADM's
 `center_crop_arr`) and, if that square is not the resolution, resized with PIL bicubic, which
@@ -25,6 +30,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024   # 8192 x 8192: far above any evaluation image, far below a bomb
 
 
 class DataError(ValueError):
@@ -81,13 +87,28 @@ def center_crop_resize(array: np.ndarray, resolution: int) -> np.ndarray:
     return np.asarray(resized, dtype=np.uint8)
 
 
-def decode_file(path: str | Path, resolution: int, hint: str = "") -> np.ndarray:
+def decode_file(path: str | Path, resolution: int, hint: str = "",
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read one image file -> resolution x resolution x 3 uint8; BadImageError (with `hint`
-    appended to its message) if it cannot."""
+    appended to its message) if it cannot, or if it has more than `max_pixels` pixels (checked
+    from the header, before decoding)."""
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():   # PIL's bomb warning: the bound is max_pixels, checked here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image_file = Image.open(path)
+        with image_file as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise BadImageError(path, f"{width} x {height} = {width * height / 1e6:.1f} Mpx exceeds "
+                                    f"data.max_pixels={max_pixels} ({max_pixels / 1e6:.1f} Mpx); raise "
+                                    "data.max_pixels if it is meant to be read", hint)
             image.load()
             array = to_rgb_array(image)
+    except BadImageError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise BadImageError(path, f"too large to decode safely ({err}); data.max_pixels={max_pixels}",
+                            hint) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         # PIL raises OSError for truncated data, SyntaxError for some broken headers.
         reason = str(err) or type(err).__name__

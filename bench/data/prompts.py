@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.data.images import DataError
+
 KINDS = ("circle", "square", "triangle", "diamond", "hexagon", "star", "cross", "ring")
 COLOURS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
 SIZES = ("small", "medium", "large")
@@ -74,10 +76,11 @@ def load_prompts(path: str | Path) -> list[str]:
     elif suffix == ".csv":
         prompts = _csv_column(path, ("prompt", "caption"))
     else:
-        raise ValueError(f"prompt file {path}: unsupported extension {path.suffix!r}; use .txt (one prompt "
-                         "per line) or .csv (with a 'prompt' or 'caption' column)")
+        raise DataError(f"prompt file {path}: unsupported extension {path.suffix!r}; use .txt (one prompt "
+                        "per line) or .csv (with a 'prompt' or 'caption' column)")
     if not prompts:
-        raise ValueError(f"prompt file {path} contains no prompts")
+        raise DataError(f"prompt file {path} contains no prompts (only blank lines or empty cells); "
+                        "write one prompt per line (.txt) or per row of a 'prompt' column (.csv)")
     return prompts
 
 
@@ -87,7 +90,7 @@ def _csv_column(path: Path, names: tuple[str, ...]) -> list[str]:
         columns = [c.strip() for c in (reader.fieldnames or [])]
         column = next((c for c in names if c in columns), None)
         if column is None:
-            raise ValueError(f"prompt file {path}: no column named {' or '.join(names)}; found columns {columns}")
+            raise DataError(f"prompt file {path}: no column named {' or '.join(names)}; found columns {columns}")
         raw = reader.fieldnames[columns.index(column)]  # type: ignore[index]
         values = [(row.get(raw) or "").strip() for row in reader]
     return [v for v in values if v]

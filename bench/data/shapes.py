@@ -70,6 +70,18 @@ def _cross(cx: float, cy: float, r: float, rotation: float) -> list[tuple[float,
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in local]
 
 
+def _heart(cx: float, cy: float, r: float, rotation: float, points: int = 48) -> list[tuple[float, float]]:
+    """The classic heart curve x = 16 sin^3 t, y = 13 cos t - 5 cos 2t - 2 cos 3t - cos 4t, scaled to radius r."""
+    c, s = math.cos(math.radians(rotation)), math.sin(math.radians(rotation))
+    out = []
+    for k in range(points):
+        t = 2 * math.pi * k / points
+        x = 16 * math.sin(t) ** 3 / 17 * r
+        y = -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t) - 2.5) / 17 * r
+        out.append((cx + x * c - y * s, cy + x * s + y * c))
+    return out
+
+
 def render(attributes: dict[str, str], geometry: dict[str, float], resolution: int) -> np.ndarray:
     """One item -> resolution x resolution x 3 uint8.
 
@@ -99,6 +111,8 @@ def render(attributes: dict[str, str], geometry: dict[str, float], resolution: i
         draw.polygon(_regular(cx, cy, [r, 0.45 * r] * 5, -90 + rot), fill=255)
     elif kind == "cross":
         draw.polygon(_cross(cx, cy, r, rot), fill=255)
+    elif kind == "heart":
+        draw.polygon(_heart(cx, cy, r, rot), fill=255)
     else:  # pragma: no cover - KINDS and this function are kept in step
         raise ValueError(f"no renderer for shape kind {kind!r}")
     # reduce(k) is the same box average as resize(BOX) for an integer factor k, and faster.
@@ -152,3 +166,47 @@ class ShapesSource(ImageSource):
     def fingerprint_fields(self) -> dict[str, Any]:
         return {"n": self.n, "seed": self.seed, "split": self.split, "recipe": RECIPE_VERSION,
                 "vocabulary": [KINDS, COLOURS, SIZES, POSITIONS, BACKGROUNDS]}
+
+
+# --------------------------------------------------------------------------- concept sets
+CONCEPT_KINDS = ("heart",)   # shape kinds outside KINDS: no shipped model has seen them
+
+
+def concept_caption(attributes: dict[str, str]) -> str:
+    """The shapes grammar with a concept kind: "a small red heart at the top left on a white background"."""
+    a = attributes
+    return f"a {a['size']} {a['colour']} {a['kind']} at the {a['position']} on a {a['background']} background"
+
+
+class ConceptSource(ShapesSource):
+    """`concept`: shapes items whose kind is replaced by a concept kind (default "heart"), for adapter
+    fine-tuning (LoRA and variants) on a concept none of the shipped models saw. Item i takes the
+    colour, size, position, background and jitter of shapes item i of the same (seed, split), so the
+    held-out images are `split=test`. Unlabelled (a new kind has no class index); captioned."""
+
+    name = "concept"
+    num_classes = None
+    class_names = None
+
+    def __init__(self, resolution: int, n: int, seed: int = 0, split: str = "test", kind: str = "heart") -> None:
+        super().__init__(resolution, n, seed, split)
+        if kind not in CONCEPT_KINDS:
+            raise ValueError(f"concept kind {kind!r} is unknown; choose one of {list(CONCEPT_KINDS)}")
+        self.kind = kind
+
+    def item_attributes(self, index: int) -> dict[str, str]:
+        return {**super().item_attributes(index), "kind": self.kind}
+
+    def label(self, index: int) -> None:
+        return None
+
+    def caption(self, index: int) -> str:
+        return concept_caption(self.item_attributes(index))
+
+    def load_item(self, index: int) -> tuple[np.ndarray, None, str]:
+        attributes = self.item_attributes(index)
+        image = render(attributes, item_geometry(self.seed, self.split, index, attributes), self.resolution)
+        return image, None, concept_caption(attributes)
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        return {**super().fingerprint_fields(), "concept": self.kind}

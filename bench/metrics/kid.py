@@ -62,6 +62,8 @@ def kid_value(gen: torch.Tensor, ref: torch.Tensor, *, subsets: int, subset_size
     return MetricValue(
         metric="kid", value=mean, n=n, ci_low=mean - std, ci_high=mean + std,
         details={**(details or {}), "kid_std": std, "ci_kind": "mean +- std over subsets (torch-fidelity kid_std)",
+                 # the interval is +-1 std of the per-subset estimates (not a 95% interval of the mean)
+                 "ci_method": f"subset_std(subsets={subsets}, size={m}, seed={seed})",
                  "kid_subsets": subsets, "kid_subset_size": m, "kid_seed": seed,
                  "n_features_generated": len(gen), "n_features_reference": len(ref)})
 

@@ -16,7 +16,7 @@ from bench.data import build_source
 from bench.metrics import registry
 from bench.metrics.base import BatchInputs, ComputeContext, Resources
 from bench.metrics.inception import LOGITS, POOL_FEATURES, FeatureBank, SharedFeatures, build_inception
-from bench.metrics.refstats import ReferenceStats, load_reference_npz, reference_stats
+from bench.metrics.refstats import ReferenceError, ReferenceStats, load_reference_npz, reference_stats
 from bench.results import MetricValue
 from models.core.interface import NonFiniteError, count_nonfinite
 
@@ -142,8 +142,9 @@ def _reference(cfg: Any, data: Any, extractor: Any, specs: list[registry.MetricS
         if wanting_features:
             reference.require_features(wanting_features[0])
         if reference.mu.shape[0] != extractor.dims:
-            raise ValueError(f"metrics.reference={cfg.reference}: mu has {reference.mu.shape[0]} dimensions but the "
-                             f"{extractor.name} features have {extractor.dims}")
+            raise ReferenceError(f"metrics.reference={cfg.reference}: mu has {reference.mu.shape[0]} dimensions but the "
+                                 f"{extractor.name} features have {extractor.dims}; give statistics of the same "
+                                 "extractor's pool features (e.g. pytorch-fid --save-stats), or unset metrics.reference")
         return reference
     if source is None:
         source = build_source(data, split="test")

@@ -60,12 +60,37 @@ class TrainingConfig:
         require(self.max_seconds >= 0, "train.max_seconds", "must be >= 0 (0 = off)")
 
 
+ADAPTER_VARIANTS = ("none", "lora", "dora", "loha", "lokr")   # none = train the networks themselves
+ADAPTER_TARGETS = ("attention", "attention+text", "all")     # models.networks.adapters.TARGETS
+
+
+@dataclass
+class AdapterConfig:
+    """`adapter` group (conf/adapter/*.yaml): train a peft adapter on the frozen train.init_from
+    checkpoint instead of its weights (models/networks/adapters.py)."""
+    variant: str = "none"
+    rank: int = 4
+    alpha: Optional[float] = None       # None: alpha = rank
+    targets: str = "attention"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.variant in ADAPTER_VARIANTS, "adapter.variant",
+                f"{self.variant!r} is not allowed; choose one of {list(ADAPTER_VARIANTS)}")
+        require(self.targets in ADAPTER_TARGETS, "adapter.targets",
+                f"{self.targets!r} is not allowed; choose one of {list(ADAPTER_TARGETS)}")
+        require(self.rank >= 1, "adapter.rank", f"must be >= 1, got {self.rank}")
+        require(self.alpha is None or self.alpha > 0, "adapter.alpha", f"must be > 0 or null, got {self.alpha}")
+        require(0 <= self.dropout < 1, "adapter.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
 @dataclass
 class TrainRunConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     data: DataConfig = field(default_factory=DataConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     train: TrainingConfig = field(default_factory=TrainingConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     quiet: bool = False
 
 
@@ -73,4 +98,4 @@ def register_train_schema() -> None:
     ConfigStore.instance().store(name="diffbench_train_schema", node=TrainRunConfig)
 
 
-__all__ = ["ConfigError", "TrainRunConfig", "TrainingConfig", "register_train_schema"]
+__all__ = ["AdapterConfig", "ConfigError", "TrainRunConfig", "TrainingConfig", "register_train_schema"]

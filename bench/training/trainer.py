@@ -23,12 +23,15 @@ from bench.atomic import atomic_write_json
 from bench.data import build_source
 from bench.device import resolve_device
 from bench.progress import progress
+from bench.training.adapter import (adapter_record, adapter_run_dir, adapter_spec, attach_for_training,
+                                    check_adapter_run)
 from bench.training.batches import TrainingBatches
 from bench.training.config import TrainingConfig, TrainRunConfig
 from bench.training.state import list_checkpoints, load_state, save_state
 from bench.training.trainable import make_trainable
 from models.core.checkpoint import MODEL_FILE, load_config, load_weights, save_checkpoint
 from models.core.registry import resolve_checkpoint
+from models.networks.adapters import adapter_size_bytes, save_adapter
 
 log = logging.getLogger("bench.train")
 
@@ -88,6 +91,10 @@ def drop_conditions(batch: dict[str, Any], p: float, generator: torch.Generator)
 def train(cfg: TrainRunConfig, run_dir: Path) -> dict[str, Any]:
     tc = cfg.train
     run_dir = Path(run_dir)
+    spec = adapter_spec(cfg.adapter)
+    if spec is not None:
+        check_adapter_run(spec, tc)
+        run_dir = adapter_run_dir(run_dir, spec)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device = resolve_device(cfg.hardware)
@@ -105,6 +112,11 @@ def train(cfg: TrainRunConfig, run_dir: Path) -> dict[str, Any]:
     if tc.init_from and not existing:       # a resumed run continues from its own weights
         init_from_checkpoint(networks, tc.init_from, config)
         log.info("initialised the weights from %s", tc.init_from)
+    adapter_configs, trainable_count = {}, None
+    if spec is not None:        # after init_from (the frozen base), before EMA, optimiser and resume
+        adapter_configs, trainable_count = attach_for_training(networks, spec)
+        log.info("adapter %s rank %d on %s: %d trainable parameters in %s", spec.variant, spec.rank, spec.targets,
+                 trainable_count, sorted(adapter_configs))
     if tc.channels_last:
         networks.to(memory_format=torch.channels_last)   # only 4-d weights change layout
     ema = copy.deepcopy(networks).requires_grad_(False)
@@ -121,6 +133,8 @@ def train(cfg: TrainRunConfig, run_dir: Path) -> dict[str, Any]:
 
     batches = TrainingBatches(source, tc.batch_size, tc.seed, preload_max_mb=tc.preload_max_mb, quiet=cfg.quiet)
     n_params = {role: sum(p.numel() for p in net.parameters()) for role, net in networks.items()}
+    if trainable_count is None:
+        trainable_count = sum(p.numel() for p in networks.parameters() if p.requires_grad)
     log.info("training %s (%s) on %s: %s parameters, %d steps of %d on %s",
              cfg.pipeline.name, cfg.pipeline.family, source, n_params, tc.steps, tc.batch_size, device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tc.amp and device.type == "cuda")
@@ -129,7 +143,8 @@ def train(cfg: TrainRunConfig, run_dir: Path) -> dict[str, Any]:
 
     def meta() -> dict[str, Any]:
         return {"loss_log": loss_log, "elapsed_seconds": elapsed_before + time.perf_counter() - t0,
-                "parameters": n_params, "device": str(device), "batch_size": tc.batch_size}
+                "parameters": n_params, "trainable_parameters": trainable_count, "device": str(device),
+                "batch_size": tc.batch_size}
 
     networks.train()
     def out_of_time() -> bool:
@@ -178,7 +193,15 @@ def train(cfg: TrainRunConfig, run_dir: Path) -> dict[str, Any]:
     summary = {"pipeline": cfg.pipeline.name, "family": cfg.pipeline.family, "steps": done,
                "final_loss": loss_log[-1][1] if loss_log else math.nan, "checkpoint": str(final),
                **meta()}
-    if tc.export:
+    if tc.export and spec is not None:
+        training = {k: summary[k] for k in ("steps", "final_loss", "elapsed_seconds", "trainable_parameters",
+                                            "device", "batch_size")}
+        out = save_adapter(tc.export, ema.cpu(), adapter_configs, spec,
+                           adapter_record(spec, tc, cfg.pipeline.name, cfg.pipeline.family,
+                                          {**training, "data": cfg.data.__dict__}))
+        summary["export"], summary["export_bytes"] = str(out), adapter_size_bytes(out)
+        log.info("exported the adapter to %s (%.1f kB)", out, summary["export_bytes"] / 1e3)
+    elif tc.export:
         training = {k: summary[k] for k in ("steps", "final_loss", "elapsed_seconds", "parameters", "device", "batch_size")}
         if tc.init_from:
             training["init_from"] = tc.init_from

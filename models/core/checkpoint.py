@@ -5,16 +5,31 @@
 under the key prefix "role.". `build_networks(config)` turns a config into modules (a type
 registry, so other families add their own network types with `register_network_type`), and
 `load_checkpoint(dir)` returns the config and the loaded modules.
+
+A checkpoint may come from anyone, so nothing in it is trusted before it is checked
+(`CheckpointError`, one line naming the file, the key and what to do):
+- config.json must be a JSON object whose "networks" entries are {"type", "config"}; the values
+  of a network config must be sane (ints in [0, MAX_CONFIG_INT], finite floats);
+- every network is first built on the `meta` device (shapes only, no storage, ~10-50 ms), its
+  parameter and buffer bytes summed, and the checkpoint refused when they exceed the memory
+  budget (`set_memory_budget`, from `hardware.memory_budget_gb`; default half the physical
+  RAM): a config.json asking for base_channels=4096 is refused in a second, not killed by the
+  kernel after minutes of allocation. A builder's own key check (unknown keys) runs here too;
+- model.safetensors must parse (a truncated or garbage file is named) and match the config.
 """
 from __future__ import annotations
 
 import importlib
 import json
+import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
+from torch.overrides import TorchFunctionMode
 from safetensors.torch import load_file, save
 
 from bench.atomic import atomic_write_bytes, atomic_write_json
@@ -42,6 +57,41 @@ NETWORK_MODULES = {
 }
 
 
+MAX_CONFIG_INT = 1 << 24           # channels, widths, vocabularies, resolutions: far above any real model
+DEFAULT_BUDGET_FRACTION = 0.5      # of physical RAM, when no budget is set
+_memory_budget_bytes: int | None = None
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (or an architecture given as pipeline params) that cannot be used as given:
+    unreadable or malformed files, insane config values, or networks too large for the memory
+    budget. The message names the file (or params), the key or estimate, and what to do."""
+
+
+def set_memory_budget(gigabytes: float | None) -> None:
+    """The most bytes of weights a checkpoint's networks may ask for (None: the default,
+    DEFAULT_BUDGET_FRACTION of physical RAM). Set at start-up from `hardware.memory_budget_gb`."""
+    global _memory_budget_bytes
+    _memory_budget_bytes = None if gigabytes is None else int(gigabytes * 1024 ** 3)
+
+
+def memory_budget_bytes() -> int:
+    if _memory_budget_bytes is not None:
+        return _memory_budget_bytes
+    return int(DEFAULT_BUDGET_FRACTION * physical_memory_bytes())
+
+
+def physical_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):   # not POSIX: psutil, else a conservative 8 GiB
+        try:
+            import psutil   # optional; only where sysconf cannot say
+            return int(psutil.virtual_memory().total)
+        except ImportError:
+            return 8 * 1024 ** 3
+
+
 def register_network_type(name: str) -> Callable[[NetworkBuilder], NetworkBuilder]:
     def wrap(builder: NetworkBuilder) -> NetworkBuilder:
         _NETWORK_TYPES[name] = builder
@@ -49,20 +99,141 @@ def register_network_type(name: str) -> Callable[[NetworkBuilder], NetworkBuilde
     return wrap
 
 
-def build_networks(config: Mapping[str, Any]) -> nn.ModuleDict:
-    """{role: module} from a checkpoint config's "networks" entry (randomly initialised)."""
-    networks = config.get("networks")
-    if not isinstance(networks, Mapping) or not networks:
-        raise ValueError("checkpoint config has no 'networks' mapping {role: {type, config}}")
+def build_networks(config: Mapping[str, Any], source: str = "the pipeline params") -> nn.ModuleDict:
+    """{role: module} from a checkpoint config's "networks" entry (randomly initialised), after
+    checking it (`check_networks`: sane values, a size within the memory budget). `source` names
+    where the config came from, for the messages."""
+    networks = check_networks(config, source)
     out = nn.ModuleDict()
     for role, spec in networks.items():
+        out[role] = _NETWORK_TYPES[spec["type"]](spec.get("config", {}))
+    return out
+
+
+def check_networks(config: Mapping[str, Any], source: str) -> Mapping[str, Any]:
+    """The "networks" entry of a config, checked without allocating: structure, value bounds,
+    the builders' own key checks and the total weight bytes, estimated on the meta device."""
+    networks = config.get("networks") if isinstance(config, Mapping) else None
+    if not isinstance(networks, Mapping) or not networks:
+        raise CheckpointError(f"{source}: no 'networks' mapping {{role: {{type, config}}}}; a checkpoint's "
+                              f"{CONFIG_FILE} must describe its networks (see models/core/checkpoint.py)")
+    total, sizes = 0, {}
+    for role, spec in networks.items():
+        where = f"{source}, key networks.{role}"
+        if not isinstance(spec, Mapping):
+            raise CheckpointError(f"{where}: expected {{\"type\": ..., \"config\": {{...}}}}, got {type(spec).__name__}")
+        unknown = set(spec) - {"type", "config"}
+        if unknown:
+            raise CheckpointError(f"{where}: unknown keys {sorted(unknown)}; allowed: ['config', 'type']")
         kind = spec.get("type")
-        if kind not in _NETWORK_TYPES and kind in NETWORK_MODULES:
+        if isinstance(kind, str) and kind not in _NETWORK_TYPES and kind in NETWORK_MODULES:
             importlib.import_module(NETWORK_MODULES[kind])
         if kind not in _NETWORK_TYPES:
-            raise ValueError(f"network {role!r}: type {kind!r} is unknown; known: {sorted(NETWORK_MODULES)}")
-        out[role] = _NETWORK_TYPES[kind](spec.get("config", {}))
-    return out
+            raise CheckpointError(f"{where}.type: {kind!r} is not a network type; known: {sorted(NETWORK_MODULES)}")
+        net_config = spec.get("config", {})
+        if not isinstance(net_config, Mapping):
+            raise CheckpointError(f"{where}.config: expected a JSON object, got {type(net_config).__name__}")
+        _check_values(net_config, f"{where}.config")
+        sizes[role] = _estimated_bytes(kind, net_config, where)
+        total += sizes[role]
+    budget = memory_budget_bytes()
+    if total > budget:
+        largest = max(sizes, key=sizes.get)
+        raise CheckpointError(
+            f"{source}: its networks need about {total / 1024 ** 3:.2f} GiB of float32 weights (largest: "
+            f"networks.{largest}, {sizes[largest] / 1024 ** 3:.2f} GiB), above the memory budget of "
+            f"{budget / 1024 ** 3:.2f} GiB; check the config's sizes (channels, widths, depths), or raise "
+            f"hardware.memory_budget_gb if the machine really has the memory")
+    return networks
+
+
+def _check_values(values: Any, key: str) -> None:
+    """Sane bounds for an untrusted network config: ints in [0, MAX_CONFIG_INT], finite floats."""
+    if isinstance(values, Mapping):
+        for name, value in values.items():
+            _check_values(value, f"{key}.{name}")
+    elif isinstance(values, (list, tuple)):
+        for i, value in enumerate(values):
+            _check_values(value, f"{key}[{i}]")
+    elif isinstance(values, bool) or values is None or isinstance(values, str):
+        return
+    elif isinstance(values, int):
+        if not 0 <= values <= MAX_CONFIG_INT:
+            raise CheckpointError(f"{key}: {values} is outside the sane range [0, {MAX_CONFIG_INT}]; "
+                                  "fix the value (sizes and counts are non-negative integers)")
+    elif isinstance(values, float):
+        if not math.isfinite(values):
+            raise CheckpointError(f"{key}: {values} is not a finite number; fix the value")
+    else:
+        raise CheckpointError(f"{key}: unexpected value of type {type(values).__name__}")
+
+
+class _SkipRandomInitOnMeta(TorchFunctionMode):
+    """Random in-place initialisation of a meta tensor is a no-op (there are no values), but
+    torch routes meta `normal_` (and `arange`) through Python decompositions whose first use
+    imports torch._dynamo (~3 s); skipping them keeps the estimate at milliseconds."""
+
+    RANDOM_INIT = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.random_, torch.Tensor.exponential_,
+                   torch.Tensor.bernoulli_, nn.init.normal_, nn.init.uniform_, nn.init.trunc_normal_,
+                   nn.init.kaiming_normal_, nn.init.kaiming_uniform_, nn.init.xavier_normal_,
+                   nn.init.xavier_uniform_, nn.init.orthogonal_}
+
+    # ranges (positional embeddings, frequency tables) take the same route on meta: made on the
+    # CPU (small: their lengths are config ints, bounded) and moved to meta
+    VIA_CPU = {torch.arange, torch.linspace, torch.logspace}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.RANDOM_INIT:
+            tensor = args[0] if args else kwargs.get("tensor")
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+        if func in self.VIA_CPU and kwargs.get("device") is None:
+            return func(*args, **{**kwargs, "device": "cpu"}).to("meta")
+        return func(*args, **kwargs)
+
+
+class _KeyRecorder(Mapping):
+    """A config mapping that notes which keys a builder reads; a builder that iterates it (e.g.
+    `Config.from_dict(dict(config))`) checks the keys itself."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._values = values
+        self.read: set[str] = set()
+        self.iterated = False
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return self._values[key]
+
+    def __iter__(self):
+        self.iterated = True
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def _estimated_bytes(kind: str, config: Mapping[str, Any], where: str) -> int:
+    """Bytes of the network's parameters and buffers, built on the meta device (shapes, no
+    storage); the builder's own checks (unknown keys, bad values) surface here, named."""
+    state = torch.get_rng_state()   # meta init draws nothing, but a builder may touch the CPU RNG
+    recorder = _KeyRecorder(config)
+    try:
+        with torch.device("meta"), _SkipRandomInitOnMeta():
+            net = _NETWORK_TYPES[kind](recorder)
+    except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as err:
+        raise CheckpointError(f"{where}: cannot build a {kind!r} network from this config ({err}); "
+                              f"fix or remove the offending key") from None
+    finally:
+        torch.set_rng_state(state)
+    unread = sorted(set(config) - recorder.read) if not recorder.iterated else []
+    if unread:   # a builder that picks keys one by one would ignore the rest silently
+        raise CheckpointError(f"{where}.config: unknown keys {unread} (the {kind!r} network does not read them); "
+                              f"remove them, or check their spelling")
+    tensors = list(net.parameters()) + list(net.buffers())
+    return sum(t.numel() * 4 for t in tensors if t.is_floating_point()) + \
+        sum(t.numel() * t.element_size() for t in tensors if not t.is_floating_point())
 
 
 def state_tensors(networks: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
@@ -93,7 +264,26 @@ def load_config(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {directory}: no {CONFIG_FILE}; a checkpoint directory holds "
                                 f"{MODEL_FILE} + {CONFIG_FILE} (see models/core/checkpoint.py)")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"checkpoint config {path} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                              f"replace it with the {CONFIG_FILE} written with the weights") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint config {path} is not valid JSON ({err.msg} at line {err.lineno}, column "
+                              f"{err.colno}); replace it with the {CONFIG_FILE} written with the weights") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint config {path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a truncated or garbage file is a CheckpointError naming it."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint weights {path} are not a readable safetensors file ({err}); the file is "
+                              "truncated or corrupt: copy it again or re-export the checkpoint") from None
 
 
 def load_weights(directory: str | Path, networks: Mapping[str, nn.Module]) -> None:
@@ -101,23 +291,28 @@ def load_weights(directory: str | Path, networks: Mapping[str, nn.Module]) -> No
     path = Path(directory) / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {directory}: no {MODEL_FILE}")
-    tensors = load_file(str(path))
+    tensors = read_weights(path)
     for role, net in networks.items():
         prefix = f"{role}."
         own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        missing, unexpected = net.load_state_dict(own, strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(own, strict=False)
+        except RuntimeError as err:   # shape mismatches
+            first = str(err).strip().splitlines()[1:2] or [str(err)]
+            raise CheckpointError(f"checkpoint {path}, network {role!r}: the weights do not match config.json "
+                                  f"({first[0].strip()}); use the config.json written with these weights") from None
         if missing or unexpected:
-            raise ValueError(f"checkpoint {path}, network {role!r}: missing keys {missing[:5]}, "
+            raise CheckpointError(f"checkpoint {path}, network {role!r}: missing keys {missing[:5]}, "
                              f"unexpected keys {unexpected[:5]}; the weights do not match config.json")
     extra = sorted({k.split(".", 1)[0] for k in tensors} - set(networks))
     if extra:
-        raise ValueError(f"checkpoint {path} holds networks {extra} that its config does not describe")
+        raise CheckpointError(f"checkpoint {path} holds networks {extra} that its config does not describe")
 
 
 def load_checkpoint(directory: str | Path, *, weights: bool = True) -> tuple[dict[str, Any], nn.ModuleDict]:
     """(config, networks); with weights=False the networks keep their random initialisation."""
     config = load_config(directory)
-    networks = build_networks(config)
+    networks = build_networks(config, source=f"checkpoint config {Path(directory) / CONFIG_FILE}")
     if weights:
         load_weights(directory, networks)
     return config, networks

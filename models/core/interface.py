@@ -5,8 +5,8 @@ everything that must be identical across families, so no family re-implements it
 
 - batching over global sample indices (sample i is the same image whatever the batch size,
   world size or resume point: its noise comes only from (seed, i), see `models.core.seeding`);
-- per-stage wall time (CUDA-synchronised) and network-evaluation counts (NFE per image,
-  CFG's doubled batch counted as two evaluations) via `BatchContext`;
+- per-stage wall time (CUDA-synchronised) and network-evaluation counts via `BatchContext`,
+  under the one NFE convention (`NFE_CONVENTION`) that every family and adapter follows;
 - conversion of the final [-1, 1] float images to uint8.
 
 A family implements `info`, `networks()` and `generate(ctx)`.
@@ -14,6 +14,8 @@ A family implements `info`, `networks()` and `generate(ctx)`.
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
@@ -26,12 +28,26 @@ from models.core.seeding import NoiseSource
 CONDITIONING_KINDS = ("none", "class", "text")
 STAGE_KINDS = ("text_encoder", "prior", "denoiser", "super_resolution", "decoder", "loader")
 THRESHOLDING_MODES = ("none", "static", "dynamic")
+# NFE, the one convention (every family, every diffusers adapter): evaluations of the networks a
+# sampler integrates, i.e. of stages of these kinds, per image. As in EDM / k-diffusion, one
+# denoiser call on a batch counts 1 per image; classifier-free guidance's call on the doubled
+# (cond + uncond) batch counts 2, since it costs two evaluations however it is batched. Single
+# passes that are not function evaluations of a sampler (text encoders, autoencoder decoders,
+# loaders) are timed as stages but not counted; `BatchContext.counted` refuses them.
+NFE_STAGE_KINDS = ("prior", "denoiser", "super_resolution")
+NFE_CONVENTION = ("per image, evaluations of the sampled networks (prior, denoiser and super-resolution "
+                  "stages); a classifier-free-guidance call on the doubled batch counts 2; text encoders "
+                  "and autoencoder decoders are not counted")
 # Settings a request may override per stage (e.g. a super-resolution stage's own steps or
 # its noise-conditioning-augmentation level, Ho et al. 2022 sec. 3.2).
 STAGE_SETTINGS = (
     "guidance_scale", "sampler", "steps", "eta", "thresholding",
-    "dynamic_threshold_percentile", "noise_aug",
+    "dynamic_threshold_percentile", "noise_aug", "jump_length", "jump_n_sample",
 )
+# What a request asks a pipeline to do (issue 21). "generate": from noise (and labels / prompts);
+# "superres": upsample `input_images` (low resolution); "inpaint": fill where `masks` is 1 in
+# `input_images` (masked image + mask). A pipeline lists the ones it serves in `supported_tasks`.
+TASKS = ("generate", "superres", "inpaint")
 
 
 class RequestError(ValueError):
@@ -94,6 +110,8 @@ class StageSettings:
     thresholding: str
     dynamic_threshold_percentile: float
     noise_aug: float | None = None
+    jump_length: int = 1       # RePaint's resampling schedule (Lugmayr et al. 2022, sec. 4.2): jump back
+    jump_n_sample: int = 1     # jump_length steps, jump_n_sample times; 1, 1 = plain ancestral sampling
 
 
 @dataclass(frozen=True)
@@ -113,6 +131,12 @@ class SampleRequest:
     dynamic_threshold_percentile: float = 0.995
     stage_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     batch_size: int = 16
+    # Image-to-image tasks (TASKS): per-sample inputs, uint8 NCHW, cycling over global indices as
+    # prompts do (sample i gets input_images[i % len]); masks are (K, 1, H, W) with 1 = unknown
+    # (to be inpainted), 0 = known, so a mask of zeros asks for the input back.
+    task: str = "generate"
+    input_images: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> RequestError:
@@ -135,16 +159,64 @@ class SampleRequest:
             unknown = set(overrides) - set(STAGE_SETTINGS)
             if unknown:
                 raise bad(f"stage_overrides[{stage!r}]", f"unknown settings {sorted(unknown)}; allowed: {STAGE_SETTINGS}")
+            for key in ("jump_length", "jump_n_sample"):
+                value = overrides.get(key, 1)
+                if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                    raise bad(f"stage_overrides[{stage!r}].{key}", f"must be an integer >= 1, got {value!r}")
+                if value != 1 and self.task != "inpaint":   # would be ignored: say so instead
+                    raise bad(f"stage_overrides[{stage!r}].{key}", "RePaint's resampling schedule applies to "
+                              f"task 'inpaint' only; this request's task is {self.task!r}")
+        self._check_task_inputs(bad)
         # the samplers trust this check of steps, for the request and every stage's override
         steps = {"steps": self.steps, **{f"stage_overrides[{stage!r}].steps": overrides["steps"]
                                          for stage, overrides in self.stage_overrides.items() if "steps" in overrides}}
         for key, value in steps.items():
             if value < 1:
                 raise bad(key, f"must be >= 1, got {value}")
+        # a stage's guidance, eta and noise level: finite and >= 0, as bench.config checks the top-level
+        # guidance_scale at start-up (an inf or NaN scale turns every image black; the request-level
+        # value is left to `Pipeline._check_finite`, which names the non-finite images it makes)
+        for setting in ("guidance_scale", "eta", "noise_aug"):
+            values = {f"stage_overrides[{stage!r}].{setting}": overrides[setting]
+                      for stage, overrides in self.stage_overrides.items() if overrides.get(setting) is not None}
+            for key, value in values.items():
+                if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+                    raise bad(key, f"must be a finite number >= 0, got {value!r}")
+
+    def _check_task_inputs(self, bad: Callable[[str, str], RequestError]) -> None:
+        if self.task not in TASKS:
+            raise bad("task", f"{self.task!r} is not one of {TASKS}")
+        needs = {"generate": (), "superres": ("input_images",), "inpaint": ("input_images", "masks")}[self.task]
+        for key in ("input_images", "masks"):
+            value = getattr(self, key)
+            if key in needs and value is None:
+                raise bad(key, f"task {self.task!r} needs it (uint8 NCHW images, one per sample or cycled)")
+            if key not in needs and value is not None:
+                raise bad(key, f"task {self.task!r} takes no {key}; set task to one of {TASKS[1:]} or drop it")
+        images, masks = self.input_images, self.masks
+        if images is not None and (not isinstance(images, torch.Tensor) or images.dtype != torch.uint8
+                                   or images.ndim != 4 or images.shape[0] == 0):
+            raise bad("input_images", "must be a non-empty uint8 NCHW tensor, got "
+                      f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
+        if masks is not None:
+            if not isinstance(masks, torch.Tensor) or masks.ndim != 4 or masks.shape[1] != 1:
+                raise bad("masks", f"must be a (K, 1, H, W) tensor, got {tuple(getattr(masks, 'shape', ()))}")
+            if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
+                raise bad("masks", f"shape {tuple(masks.shape)} does not match input_images {tuple(images.shape)}: "
+                          "give one (1, H, W) mask per input image, of its size")
+            if not bool(((masks == 0) | (masks == 1)).all()):
+                raise bad("masks", "must hold only 0 (known) and 1 (to inpaint)")
 
     @property
     def indices(self) -> range:
         return range(self.start_index, self.start_index + self.n)
+
+    def input_for(self, index: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(input image, mask) of sample `index`, cycling like prompts; None where the task has none."""
+        if self.input_images is None:
+            return None, None
+        k = index % self.input_images.shape[0]
+        return self.input_images[k], None if self.masks is None else self.masks[k]
 
     def with_range(self, start_index: int, n: int) -> "SampleRequest":
         return replace(self, start_index=start_index, n=n)
@@ -195,8 +267,9 @@ class BatchContext:
     """Everything `Pipeline.generate` needs for one batch, and the one place that measures it."""
 
     def __init__(self, request: SampleRequest, indices: Sequence[int], device: torch.device,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, stage_kinds: Mapping[str, str] | None = None) -> None:
         self.request = request
+        self.stage_kinds = dict(stage_kinds or {})   # stage name -> kind, for the NFE convention
         self.indices = list(indices)
         self.device = device
         self.dtype = dtype
@@ -206,6 +279,13 @@ class BatchContext:
         self.stage_seconds: dict[str, float] = {}
         self.stage_nfe: dict[str, float] = {}
         self.stage_outputs: dict[str, torch.Tensor] = {}
+        self.input_images: torch.Tensor | None = None   # [-1, 1] float on device, for image-to-image tasks
+        self.masks: torch.Tensor | None = None          # float (N, 1, H, W), 1 = to inpaint
+        if request.input_images is not None:
+            pairs = [request.input_for(i) for i in self.indices]
+            self.input_images = torch.stack([p[0] for p in pairs]).to(device).float() / 127.5 - 1.0
+            if request.masks is not None:
+                self.masks = torch.stack([p[1] for p in pairs]).to(device).float()
         self.nonfinite: dict[str, int] = {}   # stage -> non-finite values in its kept float output
 
     def __len__(self) -> int:
@@ -231,7 +311,13 @@ class BatchContext:
 
     def counted(self, stage: str, network: Callable[..., Any]) -> Callable[..., Any]:
         """Wrap a network so each call adds (rows evaluated / images in batch) to the stage's NFE.
-        A CFG call on the doubled batch thus counts 2 per image, honestly."""
+        A CFG call on the doubled batch thus counts 2 per image, honestly. Only stages of the
+        kinds in NFE_STAGE_KINDS are counted (`NFE_CONVENTION`); counting another is a bug."""
+        kind = self.stage_kinds.get(stage)
+        if kind is not None and kind not in NFE_STAGE_KINDS:
+            raise ValueError(f"stage {stage!r} is a {kind} stage: its passes are not NFE under the project's "
+                             f"convention ({NFE_CONVENTION}); time it with ctx.stage, do not count it")
+
         def call(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             self.stage_nfe[stage] = self.stage_nfe.get(stage, 0.0) + x.shape[0] / len(self.indices)
             return network(x, *args, **kwargs)
@@ -255,6 +341,11 @@ class Pipeline(ABC):
     # A loader of samples made elsewhere (models.families.external): it has `len()` samples, all
     # scored unless suite.n is given, and nothing to time.
     samples_made_elsewhere: bool = False
+
+    @property
+    def supported_tasks(self) -> frozenset[str]:
+        """The request tasks (TASKS) this pipeline serves; families that do more override it."""
+        return frozenset({"generate"})
 
     @abstractmethod
     def networks(self) -> Mapping[str, torch.nn.Module]:
@@ -281,6 +372,10 @@ class Pipeline(ABC):
 
     def check_request(self, request: SampleRequest) -> None:
         """Reject requests this pipeline cannot honour, with an actionable message."""
+        if request.task not in self.supported_tasks:
+            raise RequestError(f"pipeline {self.info.name!r} (family {self.info.family}) cannot serve task "
+                               f"{request.task!r}; it serves {sorted(self.supported_tasks)}. Choose a pipeline "
+                               "that lists the task, or drop the task's inputs")
         cond = self.info.conditioning
         if cond == "text" and request.prompts is None:
             raise RequestError(f"pipeline {self.info.name!r} is text-conditioned: the request needs prompts")
@@ -295,6 +390,14 @@ class Pipeline(ABC):
             raise RequestError(f"stage_overrides names stages {sorted(unknown)} that pipeline "
                                f"{self.info.name!r} does not have; its stages: {list(self.info.stage_names)}")
 
+    def sampling_details(self, request: SampleRequest | None = None) -> dict[str, Any]:
+        """What samples, where the request's sampler name does not say it all: an external model's
+        scheduler class and config (models.families.diffusers). The sample store keys on it and
+        rows carry it in `details`; its `sampler` and `thresholding`, if any, replace the request's
+        in the rows (the model runs its own scheduler, not the request's sampler). Families that
+        run the request's sampler: {}."""
+        return {}
+
     def sample(self, request: SampleRequest) -> Iterator[SampleBatch]:
         self.check_request(request)
         for net in self.networks().values():
@@ -302,7 +405,8 @@ class Pipeline(ABC):
         end = request.start_index + request.n
         for start in range(request.start_index, end, request.batch_size):
             indices = range(start, min(start + request.batch_size, end))
-            ctx = BatchContext(request, indices, self.device, self.dtype)
+            ctx = BatchContext(request, indices, self.device, self.dtype,
+                               {stage.name: stage.kind for stage in self.info.stages})
             with torch.inference_mode():
                 images = self.generate(ctx)
             self._check_finite(images, ctx)

@@ -24,7 +24,7 @@ import torch.nn as nn
 from models.sampling.augment import (LEVEL_EMBED_DIM, ConditioningAugmentation, level_embedding,
                             noise_aug_sigma, upsample)
 from models.sampling.diffusion import DiffusionSpec
-from models.core.interface import BatchContext, Pipeline, PipelineInfo, StageInfo
+from models.core.interface import BatchContext, Pipeline, PipelineInfo, RequestError, SampleRequest, StageInfo
 from models.families.base import load_family_networks
 from models.sampling.stage import label_conditioning, sample_stage
 from models.core.registry import register_family
@@ -88,6 +88,26 @@ class CascadedPipeline(Pipeline):
     def networks(self) -> Mapping[str, nn.Module]:
         return dict(self.nets.items())
 
+    @property
+    def supported_tasks(self) -> frozenset[str]:
+        """"superres": the SR stages alone, from a given low-resolution image (issue 21)."""
+        return frozenset({"generate", "superres"})
+
+    def check_request(self, request: SampleRequest) -> None:
+        super().check_request(request)
+        if request.task == "superres":
+            size = tuple(request.input_images.shape[1:])
+            starts = [(3, r, r) for r in self.resolutions[:-1]]
+            if size not in starts:
+                raise RequestError(f"pipeline {self.info.name!r} super-resolves 3-channel images of "
+                                   f"{[r for _, r, _ in starts]} px (its SR stages' inputs); input_images are {size}")
+
+    def first_stage(self, ctx: BatchContext) -> int:
+        """The first stage to run: 0 (base) to generate, else the SR stage that takes the input's size."""
+        if ctx.request.task != "superres":
+            return 0
+        return self.resolutions.index(int(ctx.input_images.shape[-1])) + 1
+
     def aug_level(self, ctx: BatchContext, k: int) -> float:
         """The conditioning-augmentation level of SR stage k (1-based): request setting or default."""
         level = ctx.settings(self.names[k]).noise_aug
@@ -98,7 +118,12 @@ class CascadedPipeline(Pipeline):
     def generate(self, ctx: BatchContext) -> torch.Tensor:
         cond, uncond = label_conditioning(ctx, self.num_classes)
         images = None
+        first = self.first_stage(ctx)
+        if first > 0:                 # super-resolution alone: the given image stands for stage first-1's output
+            images = (ctx.input_images, 0.0)
         for k, (name, res) in enumerate(zip(self.names, self.resolutions)):
+            if k < first:
+                continue
             net = self.nets[name]
             truncated_next = k + 1 < len(self.names) and self.augs[k].truncated
             stop = noise_aug_sigma(self.aug_level(ctx, k + 1)) if truncated_next else 0.0

@@ -10,19 +10,33 @@ pipelines already in memory (e.g. built from config, as the tests do).
 
 What each request setting becomes:
 - seeds: one CPU `torch.Generator` per sample, seeded `derive_seed(seed, i, stage)` and passed
-  as diffusers' list of generators, so sample i is the same whatever its batch;
-- sampler / eta / thresholding: a scheduler built `from_config` of the model's own (its noise
-  schedule and prediction type are kept); `params.scheduler: native` keeps the model's
-  scheduler and ignores the request's sampler (UnCLIP only works that way);
+  as diffusers' list of generators, so sample i is the same whatever its batch, and equal to
+  calling the pipeline directly with those generators;
+- the scheduler: `params.scheduler: saved` (default) runs the model as saved, with its own
+  scheduler class and config (e.g. DDIM with clip_sample=True, Euler), as calling the pipeline
+  does; the request's sampler and thresholding cannot apply, so the rows' `sampler` column holds
+  the scheduler class (e.g. `EulerDiscreteScheduler`), `thresholding` what its config does to x0
+  (clip_sample=True -> static), and a requested thresholding other than none is refused (a
+  sampler other than ddim, the default, is warned about). `params.scheduler: request` maps the request's sampler / eta / thresholding onto a
+  diffusers scheduler built `from_config` of the model's own (its noise schedule and prediction
+  type are kept). Either way `sampling_details` names the scheduler class and config that run:
+  rows carry it in `details`, the sample store in its key, the manifest in `schedulers_ran`;
+- row label: `pipeline.name`, except that a shipped option's name (`diffusers_sd`, ...) is
+  replaced by the model's own name (folder or repo id's last part): `/x/my-ddim` -> `my-ddim`;
 - steps, guidance scale: per stage (`stage_overrides`), onto each call's arguments; IF's
   super-resolution `noise_level` = round(noise_aug * 1000) when the stage sets `noise_aug`;
 - timing and NFE: `models.families.diffusers_common.measured`.
+- LoRA: `params.lora` (a save_lora_weights folder or file) and `params.lora_scale` (sweepable,
+  e.g. a multirun over pipeline.params.lora_scale=0,0.5,1) go to diffusers' `load_lora_weights` /
+  `set_adapters` (`load_lora`); the manifest's provenance records them.
 diffusers' safety checkers are switched off: a benchmark must see the images as generated.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import inspect
+import json
 import logging
 import os
 from pathlib import Path
@@ -30,12 +44,17 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from models.families.diffusers_common import (INSTALL_HINT, SeededSteps, images_01_to_uint8, make_scheduler, measured,
-                                     require_diffusers, sample_generators, scheduler_swapped)
+from models.families.diffusers_common import (INSTALL_HINT, SCHEDULER_MODES, SeededSteps, images_01_to_uint8,
+                                              make_scheduler, measured, require_diffusers, sample_generators,
+                                              scheduler_mode, scheduler_record, scheduler_swapped)
 from models.core.interface import BatchContext, Pipeline, PipelineInfo, RequestError, SampleRequest, StageInfo
 
 log = logging.getLogger(__name__)
-SCHEDULER_MODES = ("request", "native")
+# The shipped options' names (conf/pipeline/diffusers_*.yaml): a row label that names the config
+# option, not the model, so a model's own name replaces them (tests check this list against conf/).
+OPTION_NAMES = ("diffusers_ddpm", "diffusers_dit", "diffusers_if", "diffusers_ldm", "diffusers_ldm_text2im",
+                "diffusers_sd", "diffusers_unclip")
+LIBRARIES = ("diffusers", "transformers", "torch", "accelerate")   # versions recorded in the manifest
 
 
 class DiffusersAdapter(Pipeline):
@@ -47,28 +66,28 @@ class DiffusersAdapter(Pipeline):
     scheduler_attribute: str | None = "scheduler"   # None: the pipeline has several (UnCLIP) and keeps them
     resizable = False             # its __call__ takes height/width (params.resolution)
 
-    def __init__(self, name: str, pipe: Any, *, scheduler: str = "request", negative_prompt: str | None = None,
-                 resolution: int | None = None) -> None:
-        if scheduler not in SCHEDULER_MODES:
-            raise ValueError(f"diffusers pipeline {name!r}: params.scheduler={scheduler!r}; choose one of {SCHEDULER_MODES}")
+    def __init__(self, name: str, pipe: Any, *, scheduler: str = "saved", negative_prompt: str | None = None,
+                 resolution: int | None = None, revision: str | None = None) -> None:
+        mode = scheduler_mode(scheduler, name)
         if resolution is not None and not self.resizable:
             raise ValueError(f"diffusers pipeline {name!r}: {type(pipe).__name__} generates at its model's own size; "
                              "remove params.resolution")
         self.pipe = pipe
-        self.scheduler_mode = scheduler
+        self.scheduler_mode = mode
+        self._warned: set[str] = set()
         self.negative_prompt = negative_prompt
         self.resolution_override = resolution
         _prepare(pipe)
-        if scheduler == "native":
-            log.warning("diffusers pipeline %s keeps its own scheduler (params.scheduler=native): the request's "
-                        "sampler and thresholding are not used", name)
-        # what was loaded, for the run manifest
-        self.provenance = {"source": "diffusers", "class": type(pipe).__name__,
-                           "model": str(getattr(pipe.config, "_name_or_path", "") or "(in memory)"),
-                           "diffusers": require_diffusers().__version__}
         self.info = PipelineInfo(name=name, family="external", resolution=resolution or self.native_resolution(),
                                  conditioning=self.conditioning, stages=self.stages(),
                                  num_classes=self.num_classes())
+        # what was loaded, for the run manifest (bench.manifest hashes the weight files in `folder`);
+        # `schedulers_ran` fills in as stages run: every distinct scheduler class + config used
+        self.provenance = {**describe_pipeline(pipe, revision), "scheduler_mode": mode, "schedulers_ran": {}}
+        if mode == "saved":
+            log.info("diffusers pipeline %s runs as saved: %s (params.scheduler=saved; the request's sampler is not "
+                     "used and the rows' sampler column names the scheduler class; params.scheduler=request maps "
+                     "the request's sampler onto a diffusers scheduler)", name, self.saved_sampler())
 
     # -- what a subclass says --------------------------------------------------------------
     def stages(self) -> tuple[StageInfo, ...]:
@@ -91,10 +110,75 @@ class DiffusersAdapter(Pipeline):
         _move(self.pipe, self.device, self.dtype)
         return self
 
+    # -- which scheduler runs -------------------------------------------------------------
+    def saved_schedulers(self) -> dict[str, Any]:
+        """The model's own scheduler per denoising stage, as saved."""
+        return {"base": getattr(self.pipe, self.scheduler_attribute or "scheduler")}
+
+    def saved_sampler(self) -> str:
+        """The saved scheduler classes, in stage order (`+`-joined where stages differ): what the
+        rows' sampler column holds when the model runs as saved."""
+        names = [type(s).__name__ for s in self.saved_schedulers().values()]
+        return "+".join(dict.fromkeys(names))
+
+    def saved_thresholding(self) -> str:
+        """What the saved schedulers do to x0, in the request's terms: `dynamic` (thresholding=True,
+        Imagen's percentile), `static` (clip_sample=True: clip to +-clip_sample_range) or `none`;
+        `+`-joined where stages differ. It replaces the request's thresholding in the rows."""
+        def mode(config: Any) -> str:
+            if config.get("thresholding"):
+                return "dynamic"
+            return "static" if config.get("clip_sample") else "none"
+        return "+".join(dict.fromkeys(mode(dict(s.config)) for s in self.saved_schedulers().values()))
+
+    def scheduler_for(self, stage: str, settings: Any, saved: Any) -> Any:
+        if self.scheduler_mode == "saved":
+            return saved
+        return make_scheduler(saved, settings, pixel_space=self.pixel_space, pipeline=self.info.name)
+
+    def sampling_details(self, request: SampleRequest | None = None) -> dict[str, Any]:
+        """The scheduler class and config each denoising stage runs for `request` (in request
+        mode they depend on it; without one, only the mode is known). `sampler`, when the model
+        runs as saved, replaces the request's sampler name in the rows."""
+        details: dict[str, Any] = {"scheduler_mode": self.scheduler_mode}
+        if self.scheduler_mode == "saved":
+            details["sampler"] = self.saved_sampler()
+            details["thresholding"] = self.saved_thresholding()
+        if self.scheduler_mode == "saved" or request is not None:
+            details["schedulers"] = {
+                stage: scheduler_record(self.scheduler_for(stage, request.settings_for(stage) if request else None, saved))
+                for stage, saved in self.saved_schedulers().items()}
+        return details
+
+    def _warn_sampler_unused(self, sampler: str) -> None:
+        """A sampler other than the config's default (ddim) was likely asked for: say, once, that
+        the saved scheduler runs instead (the rows' sampler column names it)."""
+        if sampler == SampleRequest.sampler or sampler in self._warned:
+            return
+        self._warned.add(sampler)
+        log.warning("pipeline %s runs as saved with %s; the requested sampler %s is not used (the rows' sampler "
+                    "column says %s); set pipeline.params.scheduler=request to map it onto a diffusers scheduler",
+                    self.info.name, self.saved_sampler(), sampler, self.saved_sampler())
+
+    def _note_ran(self, stage: str, scheduler: Any) -> None:
+        ran = self.provenance["schedulers_ran"].setdefault(stage, [])
+        record = scheduler_record(scheduler)
+        text = json.dumps(record, sort_keys=True, default=str)
+        if all(json.dumps(r, sort_keys=True, default=str) != text for r in ran):
+            ran.append(record)
+
     def check_request(self, request: SampleRequest) -> None:
         """Also refuse, before any sampling, settings the diffusers schedulers cannot honour."""
         super().check_request(request)
-        if self.scheduler_mode != "request":
+        if self.scheduler_mode == "saved":
+            for stage in self.saved_schedulers():
+                self._warn_sampler_unused(request.settings_for(stage).sampler)
+                mode = request.settings_for(stage).thresholding
+                if mode != "none":
+                    raise RequestError(
+                        f"pipeline {self.info.name!r} runs its saved {self.saved_sampler()} (params.scheduler=saved), "
+                        f"which keeps its own clipping/thresholding config; thresholding={mode} needs "
+                        "pipeline.params.scheduler=request, or use sampler.thresholding=none")
             return
         for stage in self.info.stages:
             if stage.kind not in ("denoiser", "super_resolution"):
@@ -116,10 +200,12 @@ class DiffusersAdapter(Pipeline):
         generators = sample_generators(ctx, stage)
         swap: Any = contextlib.nullcontext()
         if self.scheduler_attribute is not None:
-            native = getattr(pipe, self.scheduler_attribute)
-            scheduler = native if self.scheduler_mode == "native" else make_scheduler(
-                native, settings, pixel_space=self.pixel_space, pipeline=self.info.name)
+            scheduler = self.scheduler_for(stage, settings, getattr(pipe, self.scheduler_attribute))
+            self._note_ran(stage, scheduler)
             swap = scheduler_swapped(pipe, self.scheduler_attribute, SeededSteps(scheduler, generators, settings.eta))
+        else:   # several schedulers of its own (UnCLIP), each stepped with the generators by the pipeline
+            for name, saved in self.saved_schedulers().items():
+                self._note_ran(name, saved)
         accepted = set(inspect.signature(pipe.__call__).parameters)
         if "eta" in accepted:
             kwargs.setdefault("eta", settings.eta)
@@ -133,6 +219,44 @@ class DiffusersAdapter(Pipeline):
         if self.negative_prompt is not None:
             kwargs["negative_prompt"] = [self.negative_prompt] * len(ctx)
         return kwargs
+
+
+def describe_pipeline(pipe: Any, revision: str | None = None) -> dict[str, Any]:
+    """Where a diffusers pipeline came from and what it is made of: path or repo id, the local
+    folder holding its files (for their sha256), pipeline and component classes, library versions."""
+    model = str(getattr(pipe.config, "_name_or_path", "") or "")
+    return {"source": "diffusers", "model": model or "(in memory)", "revision": revision,
+            "folder": _local_folder(model, revision), "pipeline_class": type(pipe).__name__,
+            "components": {k: type(v).__name__ for k, v in pipe.components.items() if v is not None},
+            "versions": {name: _version(name) for name in LIBRARIES}}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _local_folder(model: str, revision: str | None) -> str | None:
+    """The folder the weights were read from: a save_pretrained() folder, or the Hugging Face
+    cache snapshot of a repo id (looked up offline); None for a pipeline built in memory."""
+    if not model:
+        return None
+    if Path(model).expanduser().is_dir():
+        return str(Path(model).expanduser().resolve())
+    try:
+        from huggingface_hub import snapshot_download   # diffusers' own dependency, only needed here
+        return snapshot_download(model, revision=revision, local_files_only=True)
+    except (ImportError, OSError, ValueError):   # not a cached repo id: the manifest's weight_files is null
+        return None
+
+
+def model_label(model: str | None, stages: Sequence[str] | None) -> str:
+    """A row label that names the model: the folder's or repo id's last part (`/x/my-ddim` ->
+    `my-ddim`, `google/ddpm-cifar10-32` -> `ddpm-cifar10-32`); IF stages joined by `+`."""
+    sources = [model] if model else list(stages or [])
+    return "+".join(str(s).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] for s in sources)
 
 
 def _prepare(pipe: Any) -> None:
@@ -267,16 +391,20 @@ class DiT(DiffusersAdapter):
 class UnCLIP(DiffusersAdapter):
     """UnCLIPPipeline (Ramesh et al. 2022): text -> CLIP image-embedding prior -> decoder ->
     super-resolution, in one diffusers call; its UnCLIPScheduler steps need `prev_timestep`,
-    so it keeps its own schedulers (`scheduler: native`) and the request's sampler is unused."""
+    so it runs only as saved (`scheduler: saved`) and the request's sampler is unused."""
     conditioning = "text"
     pixel_space = True
     scheduler_attribute = None       # prior/decoder/super_res schedulers; every step gets the generators
 
-    def __init__(self, name: str, pipe: Any, *, scheduler: str = "native", **options: Any) -> None:
-        if scheduler != "native":
-            raise ValueError(f"diffusers pipeline {name!r}: UnCLIP runs only with its own UnCLIPScheduler "
-                             "(its steps take prev_timestep); set params.scheduler=native")
+    def __init__(self, name: str, pipe: Any, *, scheduler: str = "saved", **options: Any) -> None:
+        if scheduler_mode(scheduler, name) != "saved":
+            raise ValueError(f"diffusers pipeline {name!r}: UnCLIP runs only with its own UnCLIPSchedulers "
+                             "(their steps take prev_timestep); set params.scheduler=saved")
         super().__init__(name, pipe, scheduler=scheduler, **options)
+
+    def saved_schedulers(self) -> dict[str, Any]:
+        return {"prior": self.pipe.prior_scheduler, "decoder": self.pipe.decoder_scheduler,
+                "sr1": self.pipe.super_res_scheduler}
 
     def stages(self):
         return (StageInfo("text_encoder", "text_encoder"), StageInfo("prior", "prior"),
@@ -316,6 +444,11 @@ class IFCascade(DiffusersAdapter):
         for pipe in self.pipes[1:]:
             _prepare(pipe)
         super().__init__(name, self.pipes[0], **options)
+        self.provenance["stages"] = {stage: describe_pipeline(pipe, options.get("revision"))
+                                     for stage, pipe in zip(self.stage_names[1:], self.pipes[1:])}
+
+    def saved_schedulers(self) -> dict[str, Any]:
+        return {name: pipe.scheduler for name, pipe in zip(self.stage_names, self.pipes)}
 
     @property
     def stage_names(self) -> list[str]:
@@ -400,21 +533,68 @@ def load_diffusers(source: str, **kwargs: Any) -> Any:
 
 def build_diffusers(name: str, model: str | None = None, stages: Sequence[str] | None = None,
                     variant: str | None = None, revision: str | None = None, **options: Any) -> DiffusersAdapter:
-    """From config: `model` (an id or a local folder), or `stages` (IF I, II, ...) for a cascade."""
+    """From config: `model` (an id or a local folder), or `stages` (IF I, II, ...) for a cascade.
+    A shipped option's name (OPTION_NAMES) becomes the model's own name (`model_label`); any
+    other pipeline.name, given by the user, is kept."""
     require_diffusers()
+    lora, lora_scale = options.pop("lora", None), options.pop("lora_scale", None)
     allowed = {"scheduler", "negative_prompt", "resolution"}
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(f"diffusers pipeline {name!r}: unknown params {sorted(unknown)}; allowed: "
-                         f"{sorted(allowed | {'model', 'stages', 'variant', 'revision', 'source'})}")
+                         f"{sorted(allowed | {'model', 'stages', 'variant', 'revision', 'source', 'lora', 'lora_scale'})}")
     if (model is None) == (not stages):
         raise ValueError(f"diffusers pipeline {name!r}: set exactly one of params.model (a model id or folder) "
                          "and params.stages (IF cascade: [stage I, stage II, ...])")
+    if name in OPTION_NAMES:
+        label = model_label(model, stages)
+        log.info("pipeline %s: rows are labelled %r, after the model (set pipeline.name to choose a label)", name, label)
+        name = label
     load = dict(variant=variant, revision=revision)
+    if stages and (lora is not None or lora_scale is not None):
+        raise ValueError(f"diffusers pipeline {name!r}: params.lora applies to one pipeline (params.model), "
+                         "not to an IF cascade (params.stages)")
     if stages:
         pipes = [load_diffusers(stages[0], **load)] + [load_diffusers(s, text_encoder=None, **load) for s in stages[1:]]
-        return IFCascade(name, pipes, **options)
-    return wrap_diffusers(load_diffusers(model, **load), name, **options)
+        return IFCascade(name, pipes, revision=revision, **options)
+    pipe = load_diffusers(model, **load)
+    record = load_lora(pipe, name, lora, lora_scale) if lora is not None or lora_scale is not None else None
+    adapter = wrap_diffusers(pipe, name, revision=revision, **options)
+    if record is not None:
+        adapter.provenance["lora"] = record
+    return adapter
 
 
-__all__ = ["ADAPTERS", "INSTALL_HINT", "DiffusersAdapter", "build_diffusers", "wrap_diffusers"]
+LORA_NAME = "diffbench_lora"
+
+
+def load_lora(pipe: Any, name: str, lora: str | None, scale: float | None) -> dict[str, Any]:
+    """params.lora (a folder or .safetensors file written by `save_lora_weights`, diffusers' /
+    peft's LoRA layout) loaded with the pipeline's own `load_lora_weights`, weighted by
+    params.lora_scale (default 1; 0 gives the base model's images exactly: the LoRA term is
+    multiplied by 0). diffusers routes it to the UNet and, when the file has them, the text encoder."""
+    if lora is None:
+        raise ValueError(f"diffusers pipeline {name!r}: params.lora_scale needs params.lora=PATH")
+    scale = 1.0 if scale is None else float(scale)
+    if not scale == scale or scale < 0:
+        raise ValueError(f"diffusers pipeline {name!r}: params.lora_scale must be a number >= 0, got {scale}")
+    if not hasattr(pipe, "load_lora_weights"):
+        raise ValueError(f"diffusers pipeline {name!r}: {type(pipe).__name__} cannot load LoRA weights "
+                         "(no load_lora_weights); remove params.lora")
+    path = Path(str(lora)).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"diffusers pipeline {name!r}: params.lora={lora!r} does not exist; give the folder "
+                                "(or .safetensors file) written by save_lora_weights")
+    try:
+        if path.is_file():
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=LORA_NAME)
+        else:
+            pipe.load_lora_weights(str(path), adapter_name=LORA_NAME)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"diffusers pipeline {name!r}: params.lora={lora!r} could not be loaded: {err}") from None
+    pipe.set_adapters([LORA_NAME], adapter_weights=[scale])
+    return {"path": str(path), "scale": scale, "components": sorted(pipe.get_list_adapters())}
+
+
+__all__ = ["ADAPTERS", "INSTALL_HINT", "OPTION_NAMES", "SCHEDULER_MODES", "DiffusersAdapter", "build_diffusers",
+           "describe_pipeline", "model_label", "wrap_diffusers"]

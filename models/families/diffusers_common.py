@@ -1,5 +1,6 @@
-"""What every diffusers adapter shares: the optional import, per-sample generators, samplers
-mapped to diffusers schedulers, and measuring a diffusers `__call__` through `BatchContext`.
+"""What every diffusers adapter shares: the optional import, per-sample generators, the
+scheduler modes (the model's own scheduler as saved, or the request's sampler mapped onto a
+diffusers scheduler), and measuring a diffusers `__call__` through `BatchContext`.
 
 diffusers pipelines are monolithic calls, so the adapters measure them from outside:
 - NFE: a forward pre-hook on each denoising network feeds `ctx.counted`, which adds
@@ -23,6 +24,12 @@ from models.core.seeding import derive_seed
 
 
 INSTALL_HINT = "install the optional extra: pip install 'diffbench[diffusers]' (diffusers, transformers, accelerate)"
+
+# params.scheduler: "saved" (default) runs the model's own scheduler class and config as saved, as
+# calling the pipeline does; "request" maps the request's sampler onto a diffusers scheduler (SCHEDULERS).
+# "native" is the earlier name of "saved", still accepted.
+SCHEDULER_MODES = ("saved", "request")
+SCHEDULER_ALIASES = {"native": "saved"}
 
 # the project's sampler names -> diffusers scheduler classes (+ settings that make them that sampler)
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -73,6 +80,29 @@ def make_scheduler(native: Any, settings: StageSettings, *, pixel_space: bool, p
                            f"{'/'.join(missing)}; use thresholding=none or sampler ddpm, ddim or dpmpp_2m")
     config.update({k: v for k, v in wanted.items() if k in accepted})
     return cls.from_config(config)
+
+
+def scheduler_mode(value: str, pipeline: str) -> str:
+    mode = SCHEDULER_ALIASES.get(value, value)
+    if mode not in SCHEDULER_MODES:
+        raise ValueError(f"diffusers pipeline {pipeline!r}: params.scheduler={value!r}; choose one of {SCHEDULER_MODES} "
+                         "(saved: the model's own scheduler as saved; request: the request's sampler)")
+    return mode
+
+
+def scheduler_record(scheduler: Any) -> dict[str, Any]:
+    """A scheduler's class and config as JSON sees them (for rows, the sample store key and the
+    manifest): every config entry but diffusers' private `_class_name` / `_diffusers_version`."""
+    config = {k: _plain(v) for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    return {"class": type(scheduler).__name__, "config": dict(sorted(config.items()))}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):          # numpy arrays / scalars (trained_betas)
+        return value.tolist()
+    return value
 
 
 def thresholding_config(settings: StageSettings, pixel_space: bool, pipeline: str) -> dict[str, Any]:

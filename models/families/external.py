@@ -10,10 +10,13 @@ the `loader` stage; there is no network, so no NFE.
 
 Config (conf/pipeline/external_*.yaml):
     family: external
-    params: {path: samples.npz, prompts: prompts.txt, resolution: null, source: null}
+    params: {path: samples.npz, prompts: prompts.txt, resolution: null, source: null, on_bad_file: error}
 `source` is inferred from `path` (a directory -> folder, a file -> npz); `resolution` defaults
-to the images' own size (a folder: the shorter side of its first image); other sizes are
-center-cropped and resized by the data rule (`bench.data.images`).
+to the images' own size (a folder: the shorter side of its first readable image); other sizes are
+center-cropped and resized by the data rule (`bench.data.images`). `on_bad_file` (folders): `error`
+stops at an unreadable file naming it; `skip` leaves such files out before sampling starts, so the
+samples are the readable files in order (said in the log; their prompts stay matched to them).
+Every problem with the files is a `DataError` naming the file and what to do (the app exits 2).
 """
 from __future__ import annotations
 
@@ -27,9 +30,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.data import build_source
-from bench.data.config import DataConfig
+from bench.data import BadImageError, DataError, build_source
+from bench.data.config import BAD_FILE_POLICIES, ConfigError, DataConfig
 from bench.data.folder import scan_images
+from bench.data.npz import check_image_array
 from bench.data.prompts import load_prompts
 from models.core.interface import (
     BatchContext,
@@ -45,6 +49,9 @@ from models.core.registry import register_family
 log = logging.getLogger(__name__)
 SOURCES = ("folder", "npz", "diffusers")
 ALL = 2 ** 62        # DataConfig.n for "every image in the file"
+PARAMS = ("path", "source", "prompts", "resolution", "n", "on_bad_file")
+# the folder source's hint names data.on_bad_file; for samples it is the pipeline's own param
+BAD_SAMPLE_HINT = "Remove or replace the file, or set pipeline.params.on_bad_file=skip to leave unreadable files out"
 
 
 class ExternalSamples(Pipeline):
@@ -56,8 +63,21 @@ class ExternalSamples(Pipeline):
         self.source = source
         self.prompts = list(prompts) if prompts is not None else None
         if self.prompts is not None and len(self.prompts) < len(source):
-            raise ValueError(f"external pipeline {name!r}: {len(self.prompts)} prompts for {len(source)} images; "
-                             "the prompts file needs one prompt per image, in the images' order")
+            raise DataError(f"external pipeline {name!r}: {len(self.prompts)} prompts for {len(source)} images; "
+                            "the prompts file needs one prompt per image, in the images' order")
+        # on_bad_file=skip: sample i is the i-th readable file (decoded once here, before sampling)
+        self.readable: list[int] | None = None
+        if getattr(source, "skip_bad_files", False):
+            self.readable = source.readable_indices()
+            if not self.readable:
+                raise DataError(f"external pipeline {name!r}: none of the {len(source)} files in {source.root} "
+                                "can be read as an image; check pipeline.params.path")
+            if len(self.readable) < len(source):
+                log.warning("external pipeline %s: skipped %d unreadable file(s) of %d (pipeline.params.on_bad_file="
+                            "skip), e.g. %s; scoring the %d readable ones", name, len(source) - len(self.readable),
+                            len(source), source.skipped[0] if source.skipped else "?", len(self.readable))
+            if self.prompts is not None:
+                self.prompts = [self.prompts[i] for i in self.readable]
         self.info = PipelineInfo(name=name, family="external", resolution=source.resolution,
                                  conditioning="text" if self.prompts is not None else "none",
                                  stages=(StageInfo("loader", "loader", source.resolution),))
@@ -67,7 +87,7 @@ class ExternalSamples(Pipeline):
                            "fingerprint": source.fingerprint()}
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.readable) if self.readable is not None else len(self.source)
 
     def networks(self) -> dict[str, torch.nn.Module]:
         return {}
@@ -79,27 +99,32 @@ class ExternalSamples(Pipeline):
             return request
         if request.prompts is not None and list(request.prompts[:len(self.prompts)]) != self.prompts[:len(request.prompts)]:
             log.info("external pipeline %s: using the prompts of its prompts file, not the request's", self.info.name)
-        return replace(request, prompts=self.prompts[:len(self.source)])
+        return replace(request, prompts=self.prompts[:len(self)])
 
     def check_request(self, request: SampleRequest) -> None:
         super().check_request(request)
         end = request.start_index + request.n
-        if end > len(self.source):
-            raise RequestError(f"external pipeline {self.info.name!r} holds {len(self.source)} images "
+        if end > len(self):
+            raise RequestError(f"external pipeline {self.info.name!r} holds {len(self)} images "
                                f"({self.source!r}) but the request asks for indices up to {end - 1}; "
-                               f"lower suite.n to at most {len(self.source)}")
+                               f"lower suite.n to at most {len(self)}")
 
     def sample(self, request: SampleRequest) -> Iterator[SampleBatch]:
         return super().sample(self.bind(request))
 
     def generate(self, ctx: BatchContext) -> torch.Tensor:
         with ctx.stage("loader"):
-            images, labels = self._load(ctx.indices)
+            try:
+                images, labels = self._load(ctx.indices)
+            except BadImageError as err:   # name the key that works for samples
+                raise BadImageError(err.path, err.reason, BAD_SAMPLE_HINT) from None
         if labels is not None and ctx.labels is None:
             ctx.labels = labels          # stored class labels (ADM npz arr_1) travel with the images
         return images
 
     def _load(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.readable is not None:
+            indices = [self.readable[i] for i in indices]
         start, stop = indices[0], indices[-1] + 1
         if indices == list(range(start, stop)):
             batches = list(self.source.iter_batches(len(indices), start=start, stop=stop))
@@ -117,35 +142,51 @@ class ExternalSamples(Pipeline):
 def npz_image_shape(path: Path) -> tuple[int, ...]:
     """arr_0's shape from its .npy header, without reading the images (compressed or not)."""
     try:
-        with zipfile.ZipFile(path) as archive, archive.open("arr_0.npy") as member:
-            version = np.lib.format.read_magic(member)
-            if version == (1, 0):
-                shape = np.lib.format.read_array_header_1_0(member)[0]
-            elif version == (2, 0):
-                shape = np.lib.format.read_array_header_2_0(member)[0]
-            else:                          # rare .npy versions: read the array to learn its shape
-                with np.load(path) as data:
-                    shape = data["arr_0"].shape
-    except (zipfile.BadZipFile, KeyError, ValueError) as err:
-        raise ValueError(f"npz file {path}: cannot read arr_0 ({err}); it must be an ADM-style npz "
-                         "written by np.savez(path, images_uint8_nhwc[, labels])") from None
-    if len(shape) != 4:
-        raise ValueError(f"npz file {path}: arr_0 has shape {tuple(shape)}, expected N x H x W x 3 uint8")
+        with zipfile.ZipFile(path) as archive:
+            members = archive.namelist()
+            if "arr_0.npy" not in members:
+                keys = [m.removesuffix(".npy") for m in members]
+                raise DataError(f"npz file {path} (pipeline.params.path) has no arr_0 (found {keys}); save the "
+                                "images as the first positional array: np.savez(path, images_uint8_nhwc[, labels])")
+            with archive.open("arr_0.npy") as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                else:                          # rare .npy versions: read the array to learn its shape
+                    with np.load(path) as data:
+                        shape, dtype = data["arr_0"].shape, data["arr_0"].dtype
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"npz file {path} (pipeline.params.path): cannot read arr_0 ({err}); it must be an "
+                        "ADM-style npz written by np.savez(path, images_uint8_nhwc[, labels])") from None
+    check_image_array(path, tuple(shape), np.dtype(dtype))   # NCHW, wrong dtype or no images: named here
     return tuple(int(s) for s in shape)
 
 
-def folder_image_size(path: Path) -> int:
-    """The shorter side of the folder's first image (what it skips is logged once, by FolderSource)."""
+def folder_image_size(path: Path, on_bad_file: str = "error") -> int:
+    """The shorter side of the folder's first readable image (what it skips is logged once, by
+    FolderSource); an unreadable first file stops here unless on_bad_file=skip."""
     files = scan_images(path).files
     if not files:
-        raise ValueError(f"image folder {path} contains no images; check params.path")
-    with Image.open(path / files[0]) as image:
-        return min(image.size)
+        raise DataError(f"image folder {path} (pipeline.params.path) contains no images (.png, .jpg, .jpeg, .webp, "
+                        ".bmp, searched recursively); point pipeline.params.path at the folder of samples")
+    for name in files:
+        try:
+            with Image.open(path / name) as image:
+                return min(image.size)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            if on_bad_file != "skip":
+                raise BadImageError(path / name, f"{type(err).__name__}: {err}", BAD_SAMPLE_HINT) from None
+    raise DataError(f"image folder {path} (pipeline.params.path): none of its {len(files)} files can be read "
+                    "as an image")
 
 
 def build_external_samples(name: str, path: str | Path, source: str | None = None,
                            prompts: str | Path | None = None, resolution: int | None = None,
-                           n: int | None = None) -> ExternalSamples:
+                           n: int | None = None, on_bad_file: str = "error") -> ExternalSamples:
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -153,14 +194,21 @@ def build_external_samples(name: str, path: str | Path, source: str | None = Non
                                 "give a folder of images or an ADM-style .npz of samples")
     kind = source or ("folder" if path.is_dir() else "npz")
     if kind not in ("folder", "npz"):
-        raise ValueError(f"external pipeline {name!r}: params.source={kind!r}; choose one of {list(SOURCES)}")
+        raise ConfigError(f"config key 'pipeline.params.source': {kind!r} is not allowed; choose one of {list(SOURCES)}")
+    if on_bad_file not in BAD_FILE_POLICIES:
+        raise ConfigError(f"config key 'pipeline.params.on_bad_file': {on_bad_file!r} is not allowed; "
+                          f"choose one of {list(BAD_FILE_POLICIES)}")
+    if kind == "npz" and on_bad_file != "error":
+        raise ConfigError("config key 'pipeline.params.on_bad_file': applies to folders of image files; "
+                          "an npz holds decoded arrays, remove it")
     if resolution is None:
-        resolution = npz_image_shape(path)[1] if kind == "npz" else folder_image_size(path)
+        resolution = npz_image_shape(path)[1] if kind == "npz" else folder_image_size(path, on_bad_file)
     captions = None
     if kind == "folder" and prompts is not None and Path(prompts).suffix.lower() == ".csv" \
             and _csv_has_file_column(Path(prompts)):
         captions = str(prompts)           # a file,caption table: prompts matched to files by name
-    cfg = DataConfig(name=kind, resolution=int(resolution), n=n or ALL, root=str(path), captions=captions)
+    cfg = DataConfig(name=kind, resolution=int(resolution), n=n or ALL, root=str(path), captions=captions,
+                     on_bad_file=on_bad_file)
     data = build_source(cfg)
     if captions is not None:
         prompt_list = list(data.captions)
@@ -179,16 +227,17 @@ def _csv_has_file_column(path: Path) -> bool:
 def build(name: str, checkpoint: Path | None = None, **params: Any) -> Pipeline:
     source = params.get("source")
     if checkpoint is not None:
-        raise ValueError(f"external pipeline {name!r}: pipeline.checkpoint is not used by this family; set "
-                         "params.path (a folder or npz of samples) or params.model (diffusers) instead")
+        raise ConfigError(f"config key 'pipeline.checkpoint': external pipeline {name!r} does not use it; set "
+                          "params.path (a folder or npz of samples) or params.model (diffusers) instead")
     if source == "diffusers":
         from models.families.diffusers import build_diffusers
         return build_diffusers(name, **{k: v for k, v in params.items() if k != "source"})
-    if "path" not in params:
-        raise ValueError(f"external pipeline {name!r} needs params.path (a folder of images or an .npz), "
-                         "or params.source=diffusers with params.model")
-    allowed = {"path", "source", "prompts", "resolution", "n"}
-    unknown = set(params) - allowed
+    unknown = set(params) - set(PARAMS)
     if unknown:
-        raise ValueError(f"external pipeline {name!r}: unknown params {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise ConfigError(f"config key 'pipeline.params.{sorted(unknown)[0]}': external pipeline {name!r}: unknown "
+                          f"params {sorted(unknown)}; allowed: {list(PARAMS)} (or params.source=diffusers with "
+                          "params.model)")
+    if params.get("path") is None:
+        raise ConfigError(f"config key 'pipeline.params.path': external pipeline {name!r} needs params.path "
+                          "(a folder of images or an .npz), or params.source=diffusers with params.model")
     return build_external_samples(name, **params)

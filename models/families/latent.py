@@ -136,5 +136,5 @@ class LatentPipeline(Pipeline):
             latents, _ = sample_stage(ctx, "denoiser", self.denoiser, self.schedule, shape=self.latent_shape,
                                       prediction=self.spec.prediction, cond=cond, uncond=uncond)
         with ctx.stage("decoder"):
-            images = ctx.counted("decoder", self.autoencoder.decode)(latents)
+            images = self.autoencoder.decode(latents)   # a single pass, not NFE (interface.NFE_CONVENTION)
         return images.clamp(-1.0, 1.0)

@@ -17,11 +17,12 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from models.core.interface import BatchContext, Pipeline, PipelineInfo, StageInfo
+from models.core.interface import BatchContext, Pipeline, PipelineInfo, RequestError, SampleRequest, StageInfo
 from models.core.registry import register_family
 from models.families.base import load_family_networks
 from models.networks.unet import unet_config
 from models.sampling.diffusion import DiffusionSpec
+from models.sampling.repaint import repaint_stage
 from models.sampling.stage import label_conditioning, sample_stage
 
 # Architecture params accepted when no checkpoint is given (random initialisation).
@@ -44,9 +45,31 @@ class PixelPipeline(Pipeline):
     def networks(self) -> Mapping[str, nn.Module]:
         return {"base": self.unet}
 
+    @property
+    def supported_tasks(self) -> frozenset[str]:
+        return frozenset({"generate", "inpaint"})   # inpainting training-free, by RePaint
+
+    def check_request(self, request: SampleRequest) -> None:
+        super().check_request(request)
+        if request.task == "inpaint":
+            want = (self.unet.config.out_channels, self.info.resolution, self.info.resolution)
+            if tuple(request.input_images.shape[1:]) != want:
+                raise RequestError(f"pipeline {self.info.name!r} inpaints {want[1]}x{want[2]} images with {want[0]} "
+                                   f"channels; input_images are {tuple(request.input_images.shape[1:])}: resize them "
+                                   "or use data at the pipeline's resolution")
+            sampler = request.settings_for("base").sampler
+            if sampler != "ddpm":
+                raise RequestError(f"pipeline {self.info.name!r} inpaints by RePaint, which resamples with ancestral "
+                                   f"DDPM steps: the request asks for sampler={sampler}; use sampler=ddpm")
+
     def generate(self, ctx: BatchContext) -> torch.Tensor:
         cond, uncond = label_conditioning(ctx, self.num_classes)
         channels = self.unet.config.out_channels
+        if ctx.request.task == "inpaint":
+            with ctx.stage("base"):
+                return repaint_stage(ctx, "base", self.unet, self.schedule, prediction=self.spec.prediction,
+                                     shape=(channels, self.info.resolution, self.info.resolution),
+                                     known=ctx.input_images, mask=ctx.masks, cond=cond, uncond=uncond)
         with ctx.stage("base"):
             images, _ = sample_stage(ctx, "base", self.unet, self.schedule, prediction=self.spec.prediction,
                                      shape=(channels, self.info.resolution, self.info.resolution),

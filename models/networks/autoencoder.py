@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.networks.autoencoder_regularizers import DiagonalGaussian, VectorQuantizer
-from models.core.checkpoint import CONFIG_FILE, MODEL_FILE, load_config, register_network_type, save_checkpoint
-from safetensors.torch import load_file
+from models.core.checkpoint import (CONFIG_FILE, MODEL_FILE, check_networks, load_config, read_weights,
+                                   register_network_type, save_checkpoint)
 from models.core.registry import resolve_checkpoint
 
 REGULARIZERS = ("kl", "vq")
@@ -348,11 +348,12 @@ def load_autoencoder(checkpoint: str | Path) -> Autoencoder:
     if not spec or spec.get("type") != "autoencoder":
         raise ValueError(f"checkpoint {directory} has no network 'autoencoder' of type 'autoencoder' in its "
                          f"{CONFIG_FILE}; pass an autoencoder or latent-pipeline checkpoint")
+    check_networks({"networks": {"autoencoder": spec}}, f"checkpoint config {directory / CONFIG_FILE}")  # untrusted
     model = build_autoencoder(spec["config"])
     weights = directory / MODEL_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint {directory}: no {MODEL_FILE}")
-    own = {k[len("autoencoder."):]: v for k, v in load_file(str(weights)).items() if k.startswith("autoencoder.")}
+    own = {k[len("autoencoder."):]: v for k, v in read_weights(weights).items() if k.startswith("autoencoder.")}
     missing, unexpected = model.load_state_dict(own, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {weights}: autoencoder weights do not match its config "

@@ -27,7 +27,9 @@ def sample_stage(ctx: BatchContext, stage: str, network: nn.Module, schedule: VP
         VPDenoiser(ctx.counted(stage, network), schedule, prediction, learn_sigma, dtype=ctx.dtype),
         scale=settings.guidance_scale, cond=cond or {}, uncond=uncond,
         thresholding=settings.thresholding, percentile=settings.dynamic_threshold_percentile)
-    sigmas = sampling_sigmas(schedule, settings.sampler, settings.steps).to(ctx.device)
+    # The grid stays on the CPU: samplers read its levels as Python floats every step, and on CUDA
+    # each such read would be a device sync (the denoiser gets each level moved with x).
+    sigmas = sampling_sigmas(schedule, settings.sampler, settings.steps)
     if stop_sigma > 0:
         if stop_sigma >= float(sigmas[0]):
             raise ValueError(f"stage {stage!r}: truncation level sigma={stop_sigma:.3g} is not below the "

@@ -1,0 +1,179 @@
+"""inpainting: fill masked regions of held-out images (issue 21; the LDM paper's inpainting
+evaluation, Rombach et al. 2022 sec. 4.5 and Tab. 7: FID on full images and LPIPS, per mask set).
+
+Masks come from a seed (bench.data.masks: boxes, LaMa-style thin and thick strokes at stated area
+ratios, `masks`). Methods: every pipeline in suite.pipelines that serves the "inpaint" task (the
+pixel family by RePaint, Lugmayr et al. 2022, training-free; its resampling schedule is
+`jump_length` / `jump_n_sample`), and the `mean_fill` baseline (each channel's mean over the known
+pixels; a floor any model should beat). Rows per (method, mask set): FID (and KID) of the full
+output images vs the reference set, PSNR and LPIPS inside the mask, the mask's measured area ratio,
+and `changed_outside_mask`, the number of pixels outside the mask that differ from the input
+(0 for RePaint, whose last step pastes the known pixels exactly; the baselines paste too). A grid
+per method and mask set: masked input / output / ground truth.
+
+RePaint samples with ancestral DDPM steps, so this suite's config sets sampler ddpm; another
+sampler is refused by the pipeline (exit 2), not replaced.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import List, Optional
+
+import torch
+
+from bench.data.config import BUNDLED_DATASETS, ConfigError, require
+from bench.data.masks import MASK_KINDS, area_ratio, check_mask_spec, make_masks
+from bench.metrics.reconstruction import load_lpips
+from bench.results import MetricValue
+from suites.image_to_image import (PairedQuality, Timer, as_batch, chunks, held_out, task_pipelines, quality_set, throughput_rows,
+                                   write_grid)
+from suites.params import SamplingParams
+
+BASELINES = ("mean_fill",)
+GREY = 128   # how masked pixels are shown in the grids' input row
+
+
+@dataclass
+class MaskSpec:
+    kind: str = "box"       # box | thin | thick
+    ratio: float = 0.25     # fraction of pixels to inpaint, exact to one pixel
+
+
+@dataclass
+class Params(SamplingParams):
+    """Besides these, `stage_overrides` (SamplingParams) set a stage's sampling; RePaint's schedule
+    comes from jump_length / jump_n_sample below."""
+    masks: List[MaskSpec] = field(default_factory=lambda: [MaskSpec("box", 0.25), MaskSpec("thin", 0.15),
+                                                           MaskSpec("thick", 0.35)])
+    mask_seed: Optional[int] = None    # None: the run's seed
+    jump_length: int = 5               # RePaint (sec. 4.2): jump back this many steps ...
+    jump_n_sample: int = 2             # ... this many times per block (1 = no resampling)
+    baselines: List[str] = field(default_factory=lambda: list(BASELINES))
+    grid_k: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(len(self.masks) > 0, "suite.params.masks", "give at least one {kind, ratio}")
+        for i, spec in enumerate(self.masks):
+            try:
+                check_mask_spec(spec.kind, spec.ratio, f"suite.params.masks[{i}]")
+            except ValueError as err:
+                require(False, f"suite.params.masks[{i}]", f"{err}; kinds: {list(MASK_KINDS)}")
+        require(self.jump_length >= 1, "suite.params.jump_length", f"must be >= 1, got {self.jump_length}")
+        require(self.jump_n_sample >= 1, "suite.params.jump_n_sample", f"must be >= 1, got {self.jump_n_sample}")
+        bad = [b for b in self.baselines if b not in BASELINES]
+        require(not bad, "suite.params.baselines", f"choose from {list(BASELINES)}, got {self.baselines}")
+        require(self.grid_k >= 1, "suite.params.grid_k", f"must be >= 1, got {self.grid_k}")
+
+
+def run(session, params: Params) -> None:
+    cfg = session.cfg
+    pipes, resolution = task_pipelines(session, session.pipeline_names(), "inpaint",
+                                       "list pixel pipelines in suite.pipelines")
+    data = replace(cfg.data, resolution=resolution) if cfg.data.name in BUNDLED_DATASETS else cfg.data
+    truth, labels = held_out(session, data, cfg.suite.n)
+    if truth.shape[-1] != resolution:
+        raise ConfigError(f"config key 'data': suite inpainting: data {data.name} gives {truth.shape[-1]} px images; the pipelines "
+                         f"take {resolution} px")
+    seed = cfg.seed if params.mask_seed is None else params.mask_seed
+    probe = make_masks(params.masks[0].kind, params.masks[0].ratio, resolution, seed, range(len(truth)))
+    for pipe in pipes:   # a request a pipeline refuses (e.g. another sampler) fails here, before any work
+        pipe.check_request(_request(session, pipe, truth, probe, labels, params))
+    lpips = load_lpips("alex", session.device)
+    for spec in params.masks:
+        masks = make_masks(spec.kind, spec.ratio, resolution, seed, range(len(truth)))
+        point = {"task": "inpaint", "mask": spec.kind, "mask_ratio": spec.ratio, "mask_seed": seed,
+                 "resolution": resolution, "data": data.name}
+        tag = f"{spec.kind}{spec.ratio:g}"
+        for name in params.baselines:
+            _evaluate_baseline(session, name, truth, masks, lpips, data, point,
+                               session.run_dir / "grids" / f"inpainting_{name}_{tag}.png", params.grid_k)
+        for pipe in pipes:
+            _evaluate_pipeline(session, pipe, truth, masks, labels, lpips, data, params,
+                               {**point, "jump_length": params.jump_length, "jump_n_sample": params.jump_n_sample},
+                               session.run_dir / "grids" / f"inpainting_{pipe.info.name}_{tag}.png")
+
+
+def mean_fill(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Each unknown pixel set to its image's per-channel mean over the known pixels (mid-grey if none)."""
+    known = (masks == 0).expand_as(images).double()
+    count = known.flatten(2).sum(2)
+    mean = (images.double() * known).flatten(2).sum(2) / count.clamp(min=1)
+    mean = torch.where(count > 0, mean, torch.full_like(mean, GREY)).round().to(torch.uint8)
+    return torch.where(known.bool(), images, mean[..., None, None].expand_as(images))
+
+
+def _rows(session, quality, fid, masks, truth, outputs_changed, seconds, what) -> list[MetricValue]:
+    rows = (fid.compute() if fid is not None else []) + quality.rows()
+    ratios = area_ratio(masks)
+    rows.append(MetricValue("mask_area_ratio", float(ratios.mean()), n=len(masks),
+                            details={"min": float(ratios.min()), "max": float(ratios.max())}))
+    rows.append(MetricValue("changed_outside_mask", float(outputs_changed), n=len(truth), unit="px",
+                            details={"what": "pixels (x channels) outside the mask that differ from the input; "
+                                             "0 = known pixels preserved exactly"}))
+    rows += throughput_rows(session, seconds, len(truth), what)
+    return rows
+
+
+def _changed_outside(truth: torch.Tensor, output: torch.Tensor, masks: torch.Tensor) -> int:
+    outside = (masks == 0).expand_as(truth)
+    return int((output != truth)[outside].sum())
+
+
+def _evaluate_baseline(session, name, truth, masks, lpips, data, point, grid, k) -> None:
+    quality, fid, timer, changed, outputs = PairedQuality(lpips, masked=True), quality_set(session, data), Timer(), 0, []
+    for start, end in chunks(len(truth), session.cfg.hardware.batch_size):
+        with timer:
+            out = mean_fill(truth[start:end], masks[start:end])
+        _update(quality, fid, truth[start:end], out, masks[start:end], start)
+        changed += _changed_outside(truth[start:end], out, masks[start:end])
+        outputs.extend(out[:max(0, k - len(outputs))])
+    session.record(None, _rows(session, quality, fid, masks, truth, changed, timer.seconds, f"{name} alone"), point,
+                   pipeline_name=name, family="baseline")
+    _grid(grid, truth, masks, outputs, k)
+
+
+def _request(session, pipe, truth, masks, labels, params):
+    """The inpainting request: class labels from the data, RePaint's schedule on the denoiser stage."""
+    overrides = {"labels": labels} if pipe.info.conditioning == "class" and labels is not None else {}
+    if pipe.info.conditioning == "class" and labels is None:
+        session.say(f"suite inpainting: the data has no labels; {pipe.info.name} is conditioned on labels "
+                    "cycling over its classes", warning=True)
+    jumps = {"jump_length": params.jump_length, "jump_n_sample": params.jump_n_sample}
+    stage_overrides = {name: dict(settings) for name, settings in params.stage_overrides.items()
+                       if name in pipe.info.stage_names}
+    for stage in pipe.info.stages:
+        if stage.kind == "denoiser":
+            stage_overrides[stage.name] = {**stage_overrides.get(stage.name, {}), **jumps}
+    return session.request(pipe, n=len(truth), task="inpaint", input_images=truth, masks=masks,
+                           stage_overrides=stage_overrides, **overrides)
+
+
+def _evaluate_pipeline(session, pipe, truth, masks, labels, lpips, data, params, point, grid) -> None:
+    request = _request(session, pipe, truth, masks, labels, params)
+    if params.stage_overrides:   # settings beyond RePaint's schedule (already columns): one more column
+        point = {**point, "stage_overrides": json.dumps({k: dict(v) for k, v in params.stage_overrides.items()},
+                                                        sort_keys=True)}
+    quality, fid, seconds, changed, outputs = PairedQuality(lpips, masked=True), quality_set(session, data), 0.0, 0, []
+    for batch in pipe.sample(request):
+        start, end = int(batch.indices[0]), int(batch.indices[-1]) + 1
+        seconds += sum(batch.stage_seconds.values())
+        _update(quality, fid, truth[start:end], batch.images, masks[start:end], start)
+        changed += _changed_outside(truth[start:end], batch.images, masks[start:end])
+        outputs.extend(batch.images[:max(0, params.grid_k - len(outputs))])
+    rows = _rows(session, quality, fid, masks, truth, changed, seconds, "RePaint sampling (stage_seconds)")
+    session.record(pipe, rows, point, request=request)
+    _grid(grid, truth, masks, outputs, params.grid_k)
+
+
+def _update(quality, fid, truth, output, masks, start) -> None:
+    quality.update(truth, output, masks)
+    if fid is not None:
+        fid.update(as_batch(output, start))
+
+
+def _grid(path, truth, masks, outputs, k) -> None:
+    out = torch.stack(outputs)
+    shown = torch.where(masks[:len(out)].bool().expand_as(out), torch.full_like(out, GREY), truth[:len(out)])
+    write_grid(path, [shown, out, truth[:len(out)]], k)

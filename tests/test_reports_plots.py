@@ -1,0 +1,120 @@
+"""Which plots the reports draw for which results: line plots only against numeric axes with a
+series of 2+ points, per-model bar charts (FID with CI, per-stage time), the FID-vs-CLIP Pareto
+over every model that has both, the f-sweep trade-off, `--plot METRIC:pipeline` as a bar chart."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.results import MetricValue, RunContext, make_row, write_results
+from reports.__main__ import main as reports_main
+from reports.plots import _paired, auto_bars, auto_specs, plot_bars, write_plots
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def row(pipeline: str, metric: str, value: float, suite: str = "smoke", ci: float | None = None, **params) -> dict:
+    ctx = RunContext("r1", suite, pipeline, "latent", params)
+    low, high = (value - ci, value + ci) if ci is not None else (None, None)
+    return make_row(ctx, MetricValue(metric, value, 32, ci_low=low, ci_high=high))
+
+
+def autoencoder_rows() -> list[dict]:
+    """The smoke suite's reconstruction rows: one f per autoencoder, two evaluation datasets."""
+    rows = []
+    for name, f, reg in (("ae_kl_f4", 4, "kl"), ("ae_kl_f8", 8, "kl"), ("ae_vq_f4", 4, "vq")):
+        for k, data in enumerate(("shapes", "natural")):
+            for metric, value in (("psnr", 30.0 - f - 5 * k), ("rfid", 50.0 + 10 * f + 100 * k)):
+                rows.append(row(name, metric, value, f=f, regularizer=reg, data=data))
+    return rows
+
+
+def generation_rows() -> list[dict]:
+    """Five models: two text models swept over guidance (FID and CLIP score), three others."""
+    rows = []
+    for k, text_model in enumerate(("imagen", "unclip")):
+        for scale in (1.0, 3.0, 5.0):
+            rows.append(row(text_model, "fid", 40 + 10 * k + (scale - 3) ** 2, ci=1.0, guidance_scale=scale))
+            rows.append(row(text_model, "clip_score[shapes-clip]", 20 + scale - k, guidance_scale=scale))
+    for k, model in enumerate(("pixel", "cascaded", "latent_dit")):
+        rows.append(row(model, "fid", 60.0 + k, ci=2.0))
+    return rows
+
+
+def speed_rows() -> list[dict]:
+    rows = []
+    for model, stages in (("cascaded", {"base": 0.02, "sr1": 0.025}), ("pixel", {})):
+        total = sum(stages.values()) or 0.03
+        rows += [row(model, "s_per_image", total), row(model, "images_per_s", 1 / total)]
+        rows += [row(model, f"stage_s_per_image[{stage}]", s) for stage, s in stages.items()]
+    return rows
+
+
+def names(paths: list[Path]) -> list[str]:
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in paths)
+    return sorted(p.name for p in paths)
+
+
+def test_no_line_plots_against_categorical_axes_or_one_point_per_series(tmp_path: Path) -> None:
+    frame = pd.DataFrame(autoencoder_rows())
+    assert auto_specs(frame) == ([], [])      # f: one per autoencoder; data, regularizer: categorical
+    # nothing varies along a line: one bar panel per metric, no "psnr_vs_data" or "rfid_vs_f"
+    assert names(write_plots(frame, tmp_path)) == ["overview.png"]
+
+
+def test_merged_models_get_bars_and_a_pareto_over_every_text_model(tmp_path: Path) -> None:
+    frame = pd.DataFrame(generation_rows())
+    plots, paretos = auto_specs(frame)
+    assert ("fid", "guidance_scale") in plots and paretos == [("clip_score[shapes-clip]", "fid")]
+    assert set(_paired(frame, "clip_score[shapes-clip]", "fid")["pipeline"]) == {"imagen", "unclip"}
+    assert auto_bars(frame, plots) == ["fid"]   # the three models outside the sweep are on no line
+    assert names(write_plots(frame, tmp_path)) == [
+        "clip_score-shapes-clip_vs_guidance_scale.png", "fid_by_pipeline.png", "fid_vs_guidance_scale.png",
+        "pareto_fid_vs_clip_score-shapes-clip.png"]
+
+
+def test_no_bars_when_the_sweep_shows_every_value_and_no_pareto_from_one_point(tmp_path: Path) -> None:
+    swept = pd.DataFrame([r for r in generation_rows() if r["pipeline"] in ("imagen", "unclip")])
+    assert auto_bars(swept, auto_specs(swept)[0]) == []
+    one_text_model = pd.DataFrame([row("unclip", "fid", 50.0), row("unclip", "clip_score", 20.0),
+                                   row("pixel", "fid", 60.0)])
+    assert auto_specs(one_text_model) == ([], [])
+
+
+def test_f_sweep_draws_its_trade_off_and_lines_over_f(tmp_path: Path) -> None:
+    rows = []
+    for f in (4, 8, 16):
+        rows += [row("latent_f", "fid", 30.0 + f, suite="f_sweep", f=f),
+                 row("latent_f", "images_per_s", 100.0 * f, suite="f_sweep", f=f)]
+    frame = pd.DataFrame(rows)
+    plots, paretos = auto_specs(frame)
+    assert plots == [("fid", "f"), ("images_per_s", "f")] and paretos == [("images_per_s", "fid")]
+    assert list(_paired(frame, "images_per_s", "fid")["f"]) == [4, 8, 16]   # one labelled point per f
+    assert names(write_plots(frame, tmp_path)) == ["fid_vs_f.png", "images_per_s_vs_f.png",
+                                                   "pareto_fid_vs_images_per_s.png"]
+
+
+def test_stage_times_are_stacked_where_stages_were_timed(tmp_path: Path) -> None:
+    assert "time_per_image_by_stage.png" in names(write_plots(pd.DataFrame(speed_rows()), tmp_path / "a"))
+    no_stages = [r for r in speed_rows() if not r["metric"].startswith("stage_")]
+    assert "time_per_image_by_stage.png" not in names(write_plots(pd.DataFrame(no_stages), tmp_path / "b"))
+
+
+def test_bar_chart_is_deterministic(tmp_path: Path) -> None:
+    frame = pd.DataFrame(generation_rows())
+    first = plot_bars(frame, "fid", tmp_path / "a.png").read_bytes()
+    assert plot_bars(frame, "fid", tmp_path / "b.png").read_bytes() == first
+
+
+def test_cli_plots_a_metric_by_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    write_results(run, autoencoder_rows())
+    (run / "manifest.json").write_text(json.dumps({"status": "complete"}))
+    out = tmp_path / "out"
+    assert reports_main([str(run), "--out", str(out), "--quiet", "--plot", "rfid:pipeline", "psnr:data"]) == 0
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["psnr_by_data.png", "rfid_by_pipeline.png"]
+    assert reports_main([str(run), "--quiet", "--out", str(out), "--plot", "rfid:nonsense"]) == 2
+    assert "axis 'nonsense' is not in the results; available: ['pipeline'" in capsys.readouterr().err
