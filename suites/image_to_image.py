@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from bench.data import build_source
-from bench.data.config import ConfigError
+from bench.data.config import BUNDLED_DATASETS, ConfigError
 from bench.metrics.reconstruction import lpips_per_image, psnr_per_image, ssim_per_image
 from bench.metrics.summary import RunningMean
 from bench.results import MetricValue
@@ -41,6 +41,18 @@ def task_pipelines(session, names, task: str, hint: str) -> tuple[list, int]:
         raise ConfigError(f"config key 'suite.pipelines': pipelines {[p.info.name for p in pipes]} output different "
                           "resolutions; list pipelines of one output size")
     return pipes, resolution
+
+
+def ground_truth(session, resolution: int, suite: str):
+    """The run's data at the pipelines' resolution (bundled data is rendered at it) and its first
+    suite.n held-out images with their labels; data of another size is refused."""
+    cfg = session.cfg
+    data = replace(cfg.data, resolution=resolution) if cfg.data.name in BUNDLED_DATASETS else cfg.data
+    truth, labels = held_out(session, data, cfg.suite.n)
+    if truth.shape[-1] != resolution:
+        raise ConfigError(f"config key 'data': suite {suite}: data {data.name} gives {truth.shape[-1]} px images; "
+                          f"the pipelines output {resolution} px")
+    return data, truth, labels
 
 
 def held_out(session, data, n: int) -> tuple[torch.Tensor, list[int] | None]:

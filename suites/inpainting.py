@@ -17,17 +17,17 @@ sampler is refused by the pipeline (exit 2), not replaced.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 import torch
 
-from bench.data.config import BUNDLED_DATASETS, ConfigError, require
+from bench.data.config import require
 from bench.data.masks import MASK_KINDS, area_ratio, check_mask_spec, make_masks
 from bench.metrics.reconstruction import load_lpips
 from bench.results import MetricValue
-from suites.image_to_image import (PairedQuality, Timer, as_batch, chunks, held_out, task_pipelines, quality_set, throughput_rows,
-                                   write_grid)
+from suites.image_to_image import (PairedQuality, Timer, as_batch, chunks, ground_truth, quality_set, task_pipelines,
+                                   throughput_rows, write_grid)
 from suites.params import SamplingParams
 
 BASELINES = ("mean_fill",)
@@ -71,11 +71,7 @@ def run(session, params: Params) -> None:
     cfg = session.cfg
     pipes, resolution = task_pipelines(session, session.pipeline_names(), "inpaint",
                                        "list pixel pipelines in suite.pipelines")
-    data = replace(cfg.data, resolution=resolution) if cfg.data.name in BUNDLED_DATASETS else cfg.data
-    truth, labels = held_out(session, data, cfg.suite.n)
-    if truth.shape[-1] != resolution:
-        raise ConfigError(f"config key 'data': suite inpainting: data {data.name} gives {truth.shape[-1]} px images; the pipelines "
-                         f"take {resolution} px")
+    data, truth, labels = ground_truth(session, resolution, "inpainting")
     seed = cfg.seed if params.mask_seed is None else params.mask_seed
     probe = make_masks(params.masks[0].kind, params.masks[0].ratio, resolution, seed, range(len(truth)))
     for pipe in pipes:   # a request a pipeline refuses (e.g. another sampler) fails here, before any work

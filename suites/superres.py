@@ -14,16 +14,16 @@ high-resolution images themselves) gives the floor of FID and the capped PSNR. A
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import List
 
 import torch
 
-from bench.data.config import BUNDLED_DATASETS, ConfigError, require
+from bench.data.config import require
 from bench.data.degrade import DEGRADATIONS, SR_FACTORS, degrade, upscale
 from bench.metrics.reconstruction import load_lpips
-from suites.image_to_image import (PairedQuality, Timer, as_batch, chunks, held_out, task_pipelines, nearest_to, quality_set,
-                                   throughput_rows, write_grid)
+from suites.image_to_image import (PairedQuality, Timer, as_batch, chunks, ground_truth, nearest_to, quality_set,
+                                   task_pipelines, throughput_rows, write_grid)
 from suites.params import SamplingParams
 
 BASELINES = ("bicubic", "nearest")
@@ -57,11 +57,7 @@ def run(session, params: Params) -> None:
     cfg = session.cfg
     pipes, resolution = task_pipelines(session, cfg.suite.pipelines or [], "superres",
                                        "list cascaded pipelines in suite.pipelines")
-    data = replace(cfg.data, resolution=resolution) if cfg.data.name in BUNDLED_DATASETS else cfg.data
-    truth, labels = held_out(session, data, cfg.suite.n)
-    if truth.shape[-1] != resolution:
-        raise ConfigError(f"config key 'data': suite superres: data {data.name} gives {truth.shape[-1]} px images; the pipelines "
-                         f"output {resolution} px")
+    data, truth, labels = ground_truth(session, resolution, "superres")
     lpips = load_lpips("alex", session.device)
     grids = session.run_dir / "grids"
     base = {"task": "superres", "resolution": resolution, "data": data.name}
