@@ -36,6 +36,14 @@ def tiny_tokenizer(max_length: int = 16):
                                                 bos_token="<s>", eos_token="</s>", model_max_length=max_length)
 
 
+def tiny_pixel_unet():
+    """An 8 px unconditional UNet2DModel (random weights: seed it first) for DDPM/DDIM pipelines."""
+    return diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(8, 16), norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+
+
 def tiny_vae():
     return diffusers.AutoencoderKL(block_out_channels=[8, 16], in_channels=3, out_channels=3, latent_channels=4,
                                    down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,

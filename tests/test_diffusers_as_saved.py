@@ -23,7 +23,8 @@ import models.families.diffusers as adapters  # noqa: E402
 from models.core.interface import RequestError, SampleRequest  # noqa: E402
 from models.core.registry import build_pipeline  # noqa: E402
 from models.core.seeding import derive_seed  # noqa: E402
-from test_diffusers import PROMPTS, assert_same_samples, smoke_run, tiny_stable_diffusion  # noqa: E402
+from test_diffusers import (PROMPTS, assert_same_samples, smoke_run, tiny_pixel_unet,  # noqa: E402
+                            tiny_stable_diffusion)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,10 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def tiny_ddim_clipped():
     """A DDIMPipeline whose scheduler clips x0 to [-1, 1] (clip_sample=True, diffusers' default)."""
     torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
-                                 block_out_channels=(8, 16), norm_num_groups=4,
-                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    unet = tiny_pixel_unet()
     return diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler(clip_sample=True))
 
 
@@ -83,7 +81,7 @@ def test_ddim_with_clip_sample_runs_as_saved_bit_exactly(saved, monkeypatch):
     request = SampleRequest(n=3, steps=4, seed=7, batch_size=3)
     floats, uint8 = harness_images(pipe, request, monkeypatch)
 
-    direct = diffusers.DiffusionPipeline.from_pretrained(folder)
+    direct = diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True)
     assert type(direct.scheduler).__name__ == "DDIMScheduler" and direct.scheduler.config.clip_sample
     expected = direct(batch_size=3, generator=generators(7, 3), num_inference_steps=4, output_type="np").images
     assert np.array_equal(floats, expected)                # |delta| = 0 in float
@@ -119,7 +117,7 @@ def test_stable_diffusion_with_euler_runs_as_saved_bit_exactly(saved, monkeypatc
     request = SampleRequest(n=3, prompts=PROMPTS, steps=3, guidance_scale=3.0, seed=5, batch_size=3)
     floats, uint8 = harness_images(pipe, request, monkeypatch)
 
-    direct = diffusers.DiffusionPipeline.from_pretrained(folder)
+    direct = diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True)
     assert type(direct.scheduler).__name__ == "EulerDiscreteScheduler"
     expected = direct(prompt=PROMPTS, generator=generators(5, 3), num_inference_steps=3, guidance_scale=3.0,
                       output_type="np").images

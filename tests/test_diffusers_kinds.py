@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 from models.families.diffusers import wrap_diffusers  # noqa: E402
 from models.core.interface import RequestError, SampleRequest  # noqa: E402
 from models.core.registry import build_pipeline  # noqa: E402
-from test_diffusers import PROMPTS, assert_same_samples, images_of, tiny_tokenizer  # noqa: E402
+from test_diffusers import PROMPTS, assert_same_samples, images_of, tiny_pixel_unet, tiny_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -71,10 +71,7 @@ def test_if_cascade_maps_per_stage_settings():
 
 def test_ddpm_and_ddim_pipelines():
     torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
-                                 block_out_channels=(8, 16), norm_num_groups=4,
-                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    unet = tiny_pixel_unet()
     for cls in (diffusers.DDPMPipeline, diffusers.DDIMPipeline):
         pipe = wrap_diffusers(cls(unet=unet, scheduler=diffusers.DDPMScheduler()), cls.__name__, scheduler="request")
         assert (pipe.info.conditioning, pipe.info.resolution) == ("none", 8)
