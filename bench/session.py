@@ -6,7 +6,6 @@ Models and metric sets are loaded once per session and reused across sweep point
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -29,6 +28,7 @@ from bench.metrics.registry import INCEPTION_INPUTS, INCEPTION_LOGITS, needs_of
 from bench.progress import progress
 from bench.results import MetricValue, RunContext, make_row
 from bench.store import SampleStore
+from models.core.images import fingerprint, is_images
 from models.core.interface import Pipeline, SampleBatch, SampleRequest
 from models.families.adapted import build_adapted_pipeline
 
@@ -359,6 +359,5 @@ def _request_key(request: SampleRequest) -> dict[str, Any]:
     for key in ("task", "input_images", "masks"):
         value = fields.pop(key, None)
         if request.task != "generate":
-            fields[key] = value if not isinstance(value, torch.Tensor) else hashlib.sha256(
-                f"{tuple(value.shape)}{value.dtype}".encode() + value.cpu().contiguous().numpy().tobytes()).hexdigest()
+            fields[key] = fingerprint(value) if is_images(value) else value
     return fields

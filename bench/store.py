@@ -281,13 +281,13 @@ class SampleStore:
         """Every stored file (shards, then parts), each with its indices (cached by stat).
         Another writer finishing a shard may delete parts meanwhile: then look again."""
         for attempt in range(5):
-            if shard is None:
-                paths = sorted((self.root / "shards").glob("shard-*.npz")) + \
-                    sorted((self.root / "parts").glob("shard-*/p*.npz"))
-            else:
-                path = self._shard_path(shard)
-                paths = ([path] if path.exists() else []) + sorted(self._part_dir(shard).glob("p*.npz"))
-            try:
+            try:   # listing too: a part folder can vanish between glob's listing and its scandir
+                if shard is None:
+                    paths = sorted((self.root / "shards").glob("shard-*.npz")) + \
+                        sorted((self.root / "parts").glob("shard-*/p*.npz"))
+                else:
+                    path = self._shard_path(shard)
+                    paths = ([path] if path.exists() else []) + sorted(self._part_dir(shard).glob("p*.npz"))
                 return [_File(path, self._indices_of(path)) for path in paths]
             except FileNotFoundError:
                 if attempt == 4:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from bench.data import build_source
 from bench.data.config import BUNDLED_DATASETS, ConfigError
+from bench.data.spooled import SpooledImages
 from bench.metrics.reconstruction import lpips_per_image, psnr_per_image, ssim_per_image
 from bench.metrics.summary import RunningMean
 from bench.results import MetricValue
@@ -45,7 +46,7 @@ def task_pipelines(session, names, task: str, hint: str) -> tuple[list, int]:
 
 def ground_truth(session, resolution: int, suite: str):
     """The run's data at the pipelines' resolution (bundled data is rendered at it) and its first
-    suite.n held-out images with their labels; data of another size is refused."""
+    suite.n held-out images (read a batch at a time) with their labels; data of another size is refused."""
     cfg = session.cfg
     data = replace(cfg.data, resolution=resolution) if cfg.data.name in BUNDLED_DATASETS else cfg.data
     truth, labels = held_out(session, data, cfg.suite.n)
@@ -55,18 +56,25 @@ def ground_truth(session, resolution: int, suite: str):
     return data, truth, labels
 
 
-def held_out(session, data, n: int) -> tuple[torch.Tensor, list[int] | None]:
-    """The first n test-split images of `data` (a DataConfig) as uint8 NCHW, and their labels
-    (None where the source has none)."""
+def held_out(session, data, n: int) -> tuple[SpooledImages, list[int] | None]:
+    """The first n test-split images of `data` (a DataConfig), streamed once to a temporary file
+    and read back a batch at a time (SpooledImages: never all in memory), and their labels (None
+    where the source has none)."""
     source = build_source(replace(data, n=min(data.n, n)), split="test")
-    images, labels = [], []
-    for batch in source.iter_batches(session.cfg.hardware.batch_size, num_workers=session.cfg.hardware.num_workers):
-        images.append(batch.images)
-        labels.append(batch.labels)
-    if not images:
+    labels: list[int] | None = [] if source.has_labels else None
+
+    def images():
+        for batch in source.iter_batches(session.cfg.hardware.batch_size,
+                                         num_workers=session.cfg.hardware.num_workers):
+            if labels is not None:   # as ints: small tensors kept per batch pin the freed image buffers
+                labels.extend(batch.labels.tolist())   # between them in the heap (+90 MiB for 94 MiB of images)
+            yield batch.images
+
+    truth = SpooledImages(images(), f"data {data.name} (test split)")
+    if not len(truth):
+        truth.close()
         raise ConfigError(f"data {data.name}: no held-out (test-split) images; give a larger data.n")
-    have_labels = all(lab is not None for lab in labels)
-    return torch.cat(images), [int(v) for v in torch.cat(labels)] if have_labels else None
+    return truth, labels
 
 
 def capped_psnr(psnr: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -4,11 +4,14 @@ evaluation, Rombach et al. 2022 sec. 4.5 and Tab. 7: FID on full images and LPIP
 Masks come from a seed (bench.data.masks: boxes, LaMa-style thin and thick strokes at stated area
 ratios, `masks`). Methods: every pipeline in suite.pipelines that serves the "inpaint" task (the
 pixel family by RePaint, Lugmayr et al. 2022, training-free; its resampling schedule is
-`jump_length` / `jump_n_sample`), and the `mean_fill` baseline (each channel's mean over the known
+`jump_length` / `jump_n_sample`; the LDM-style latent inpainting model conditioned on the masked
+image + mask, models.families.latent_concat, which samples once and gets no such schedule:
+`Pipeline.inpaints_by_resampling`), and the `mean_fill` baseline (each channel's mean over the known
 pixels; a floor any model should beat). Rows per (method, mask set): FID (and KID) of the full
 output images vs the reference set, PSNR and LPIPS inside the mask, the mask's measured area ratio,
 and `changed_outside_mask`, the number of pixels outside the mask that differ from the input
-(0 for RePaint, whose last step pastes the known pixels exactly; the baselines paste too). A grid
+(0 for RePaint, whose last step pastes the known pixels exactly; the baselines paste too; the latent
+model does not paste, as LDM, unless its pipeline param paste_known is set). A grid
 per method and mask set: masked input / output / ground truth.
 
 RePaint samples with ancestral DDPM steps, so this suite's config sets sampler ddpm; another
@@ -23,7 +26,7 @@ from typing import List, Optional
 import torch
 
 from bench.data.config import require
-from bench.data.masks import MASK_KINDS, area_ratio, check_mask_spec, make_masks
+from bench.data.masks import MASK_KINDS, area_ratio, check_mask_spec, mask_sequence
 from bench.metrics.reconstruction import load_lpips
 from bench.results import MetricValue
 from suites.image_to_image import (PairedQuality, Timer, as_batch, chunks, ground_truth, quality_set, task_pipelines,
@@ -70,15 +73,15 @@ class Params(SamplingParams):
 def run(session, params: Params) -> None:
     cfg = session.cfg
     pipes, resolution = task_pipelines(session, session.pipeline_names(), "inpaint",
-                                       "list pixel pipelines in suite.pipelines")
+                                       "list inpaint pipelines (pixel, latent_concat) in suite.pipelines")
     data, truth, labels = ground_truth(session, resolution, "inpainting")
     seed = cfg.seed if params.mask_seed is None else params.mask_seed
-    probe = make_masks(params.masks[0].kind, params.masks[0].ratio, resolution, seed, range(len(truth)))
+    probe = mask_sequence(params.masks[0].kind, params.masks[0].ratio, resolution, seed, len(truth))
     for pipe in pipes:   # a request a pipeline refuses (e.g. another sampler) fails here, before any work
         pipe.check_request(_request(session, pipe, truth, probe, labels, params))
     lpips = load_lpips("alex", session.device)
     for spec in params.masks:
-        masks = make_masks(spec.kind, spec.ratio, resolution, seed, range(len(truth)))
+        masks = mask_sequence(spec.kind, spec.ratio, resolution, seed, len(truth))
         point = {"task": "inpaint", "mask": spec.kind, "mask_ratio": spec.ratio, "mask_seed": seed,
                  "resolution": resolution, "data": data.name}
         tag = f"{spec.kind}{spec.ratio:g}"
@@ -87,7 +90,8 @@ def run(session, params: Params) -> None:
                                session.run_dir / "grids" / f"inpainting_{name}_{tag}.png", params.grid_k)
         for pipe in pipes:
             _evaluate_pipeline(session, pipe, truth, masks, labels, lpips, data, params,
-                               {**point, "jump_length": params.jump_length, "jump_n_sample": params.jump_n_sample},
+                               {**point, "jump_length": params.jump_length, "jump_n_sample": params.jump_n_sample}
+                               if pipe.inpaints_by_resampling else point,
                                session.run_dir / "grids" / f"inpainting_{pipe.info.name}_{tag}.png")
 
 
@@ -102,7 +106,7 @@ def mean_fill(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 def _rows(session, quality, fid, masks, truth, outputs_changed, seconds, what) -> list[MetricValue]:
     rows = (fid.compute() if fid is not None else []) + quality.rows()
-    ratios = area_ratio(masks)
+    ratios = torch.cat([area_ratio(masks[start:end]) for start, end in chunks(len(masks), 256)])   # N floats
     rows.append(MetricValue("mask_area_ratio", float(ratios.mean()), n=len(masks),
                             details={"min": float(ratios.min()), "max": float(ratios.max())}))
     rows.append(MetricValue("changed_outside_mask", float(outputs_changed), n=len(truth), unit="px",
@@ -140,7 +144,7 @@ def _request(session, pipe, truth, masks, labels, params):
     stage_overrides = {name: dict(settings) for name, settings in params.stage_overrides.items()
                        if name in pipe.info.stage_names}
     for stage in pipe.info.stages:
-        if stage.kind == "denoiser":
+        if stage.kind == "denoiser" and pipe.inpaints_by_resampling:   # RePaint's schedule, for RePaint only
             stage_overrides[stage.name] = {**stage_overrides.get(stage.name, {}), **jumps}
     return session.request(pipe, n=len(truth), task="inpaint", input_images=truth, masks=masks,
                            stage_overrides=stage_overrides, **overrides)
@@ -158,7 +162,8 @@ def _evaluate_pipeline(session, pipe, truth, masks, labels, lpips, data, params,
         _update(quality, fid, truth[start:end], batch.images, masks[start:end], start)
         changed += _changed_outside(truth[start:end], batch.images, masks[start:end])
         outputs.extend(batch.images[:max(0, params.grid_k - len(outputs))])
-    rows = _rows(session, quality, fid, masks, truth, changed, seconds, "RePaint sampling (stage_seconds)")
+    what = "RePaint" if pipe.inpaints_by_resampling else pipe.info.name
+    rows = _rows(session, quality, fid, masks, truth, changed, seconds, f"{what} sampling (stage_seconds)")
     session.record(pipe, rows, point, request=request)
     _grid(grid, truth, masks, outputs, params.grid_k)
 

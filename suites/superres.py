@@ -4,8 +4,10 @@ high-resolution set and PSNR / SSIM against each image's own high-resolution ori
 
 Methods: the interpolation baselines (bicubic, nearest: bench.data.degrade.upscale) and every
 pipeline in suite.pipelines that serves the "superres" task (the cascade's SR stage run alone on
-the degraded image: models.families.cascaded), each at every factor in `factors` its input size
-allows and every degradation in `degradations`. One row set per (method, factor, degradation):
+the degraded image: models.families.cascaded; the LDM-style latent SR model, x4 on the f = 4
+latents: models.families.latent_concat), each at every factor in `factors` whose input size the
+pipeline takes (`Pipeline.superres_input_sizes`) and every degradation in `degradations`. One row
+set per (method, factor, degradation):
 FID (and KID) of the outputs vs the reference statistics at the high resolution, PSNR (capped,
 suites.image_to_image.PSNR_CAP_DB), SSIM, LPIPS, and throughput. An "identity" row (the
 high-resolution images themselves) gives the floor of FID and the capped PSNR. A grid per method
@@ -20,7 +22,7 @@ from typing import List
 import torch
 
 from bench.data.config import require
-from bench.data.degrade import DEGRADATIONS, SR_FACTORS, degrade, upscale
+from bench.data.degrade import DEGRADATIONS, SR_FACTORS, degraded, upscale
 from bench.metrics.reconstruction import load_lpips
 from suites.image_to_image import (PairedQuality, Timer, as_batch, chunks, ground_truth, nearest_to, quality_set,
                                    task_pipelines, throughput_rows, write_grid)
@@ -56,7 +58,7 @@ class Params(SamplingParams):
 def run(session, params: Params) -> None:
     cfg = session.cfg
     pipes, resolution = task_pipelines(session, cfg.suite.pipelines or [], "superres",
-                                       "list cascaded pipelines in suite.pipelines")
+                                       "list superres pipelines (cascaded, latent_concat) in suite.pipelines")
     data, truth, labels = ground_truth(session, resolution, "superres")
     lpips = load_lpips("alex", session.device)
     grids = session.run_dir / "grids"
@@ -70,7 +72,7 @@ def run(session, params: Params) -> None:
                 session.say(f"suite superres: no x{factor} rows: {resolution} px does not downsample x{factor}",
                             warning=True)
                 continue
-            low = degrade(truth, factor, degradation, seed=cfg.seed, noise_std=params.noise_std)
+            low = degraded(truth, factor, degradation, seed=cfg.seed, noise_std=params.noise_std)
             point = {**base, "factor": factor, "degradation": degradation, "input_resolution": resolution // factor}
             if degradation == "blur_noise":
                 point["noise_std"] = params.noise_std
@@ -79,10 +81,10 @@ def run(session, params: Params) -> None:
                 _evaluate(session, mode, lambda s, e, m=mode: upscale(low[s:e], resolution, m), truth, lpips, data,
                           point, family="baseline", low=low, grid=grids / f"superres_{mode}_{tag}.png", k=params.grid_k)
             for pipe in pipes:
-                starts = [s.resolution for s in pipe.info.stages][:-1]
-                if resolution // factor not in starts:
-                    session.say(f"suite superres: no x{factor} row for {pipe.info.name}: its SR stages take "
-                                f"{starts} px inputs, not {resolution // factor} px", warning=True)
+                sizes = list(pipe.superres_input_sizes)
+                if resolution // factor not in sizes:
+                    session.say(f"suite superres: no x{factor} row for {pipe.info.name}: it super-resolves "
+                                f"{sizes} px inputs, not {resolution // factor} px", warning=True)
                     continue
                 _evaluate_pipeline(session, pipe, low, labels, truth, lpips, data, point,
                                    grids / f"superres_{pipe.info.name}_{tag}.png", params.grid_k)

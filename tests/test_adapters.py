@@ -73,7 +73,7 @@ def test_trainable_parameters_equal_peft_count(shipped, variant, targets) -> Non
         if modules:
             theirs += get_peft_model(copy.deepcopy(net), spec.peft_config(modules)).get_nb_trainable_parameters()[0]
     assert ours == theirs > 0
-    assert ("text_encoder" in configs) == (targets == "attention+text")
+    assert ("text_encoder" in configs) == A.adapts_text(targets)
     if variant == "lora":   # r (in + out) per adapted Linear (Hu et al. 2021), no other trainable tensor
         expected = sum(4 * (m.in_features + m.out_features) for r, n in shipped.networks().items()
                        for name, m in n.named_modules()
@@ -90,6 +90,13 @@ def test_attention_targets_are_the_attention_projections(shipped) -> None:
     assert A.target_modules(shipped.text_encoder, "attention", "text") == []
     everything = A.target_modules(shipped.nets["base"], "all", "denoiser")
     assert set(base) < set(everything) and any("conv" in n for n in everything)
+    # attention+embed: the attention projections plus the timestep / pooled-text embedding path
+    embed = set(A.target_modules(shipped.nets["base"], "attention+embed", "denoiser")) - set(base)
+    assert {"time_embed.0", "time_embed.2", "extra_embed.0", "extra_embed.2"} < embed
+    assert embed - {"time_embed.0", "time_embed.2", "extra_embed.0", "extra_embed.2"} == {
+        n for n in everything if n.endswith(".res.emb")}
+    assert A.target_modules(shipped.text_encoder, "attention+embed", "text") == []
+    assert len(A.target_modules(shipped.text_encoder, "attention+embed+text", "text")) == 4 * 6
 
 
 @pytest.mark.parametrize("variant", A.VARIANTS)
@@ -163,9 +170,9 @@ def test_bad_adapter_inputs_say_what_to_do(shipped, tmp_path) -> None:
 RECIPE = Path(__file__).resolve().parent.parent / "conf" / "train" / "adapter_concept.yaml"
 
 
-def concept_run(tmp_path, adapter: AdapterConfig, steps: int = 3) -> TrainRunConfig:
+def concept_run(tmp_path, adapter: AdapterConfig, steps: int = 3, checkpoint_every: int = 2) -> TrainRunConfig:
     recipe = OmegaConf.merge(OmegaConf.structured(TrainingConfig), OmegaConf.load(RECIPE),
-                             {"steps": steps, "batch_size": 4, "checkpoint_every": 2, "log_every": 1,
+                             {"steps": steps, "batch_size": 4, "checkpoint_every": checkpoint_every, "log_every": 1,
                               "export": str(tmp_path / "export")})
     return TrainRunConfig(pipeline=PipelineConfig(name="imagen_shapes", family="imagen"),
                           data=DataConfig(name="concept", resolution=32, n=8), hardware=HardwareConfig(device="cpu"),
@@ -201,10 +208,43 @@ def test_adapter_training_exports_peft_layout_and_loads_as_a_pipeline_param(ship
             assert torch.equal(wrapped[key], p), name
 
 
+def test_text_encoder_adapter_gets_gradients_and_frozen_encoder_builds_no_graph(shipped) -> None:
+    encoder = copy.deepcopy(shipped.text_encoder)
+    assert not encoder.encode(PROMPTS).sequence.requires_grad          # frozen: no graph
+    A.attach({"text_encoder": encoder}, A.AdapterSpec(variant="lora", rank=2, targets="attention+text"))
+    out = encoder.encode(PROMPTS)
+    (out.sequence.square().mean() + out.pooled.square().mean()).backward()
+    grads = {n: p.grad for n, p in encoder.named_parameters() if p.requires_grad}
+    assert len(grads) == 2 * 24 and all("lora_" in n for n in grads)
+    # B starts at zero, so A's gradient is zero at step 0 and B's is not (Hu et al. 2021)
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
+    with torch.no_grad():                                               # sampling: no graph either way
+        assert not encoder.encode(PROMPTS).sequence.requires_grad
+
+
+def test_text_encoder_adapter_trains_through_bench_train(tmp_path) -> None:
+    # one resumable state at the end: it holds the (frozen) 22 M-parameter encoder too
+    cfg = concept_run(tmp_path, AdapterConfig(variant="lora", rank=2, targets="attention+text"), checkpoint_every=3)
+    summary = train(cfg, tmp_path / "run")
+    out = Path(summary["export"])
+    from safetensors.torch import load_file
+    text = load_file(str(out / "text_encoder" / "adapter_model.safetensors"))
+    assert len(text) == 2 * 24
+    # trained: the text encoder's B matrices moved off their zero start
+    assert all(v.abs().sum() > 0 for k, v in text.items() if "lora_B" in k)
+    assert json.loads((out / "adapter.json").read_text())["roles"]["text_encoder"]["layers"] == 24
+
+
+def test_dora_on_convolutions_trains_with_channels_last(tmp_path) -> None:
+    """peft's DoRA reads its conv factors with .view(): the trainer converts to channels_last before
+    injecting the adapter, so the adapter's own tensors stay contiguous (this crashed before)."""
+    cfg = concept_run(tmp_path, AdapterConfig(variant="dora", rank=2, targets="all"), steps=2, checkpoint_every=2)
+    assert cfg.train.channels_last
+    summary = train(cfg, tmp_path / "run")
+    assert summary["steps"] == 2 and summary["final_loss"] == summary["final_loss"]
+
+
 def test_adapter_training_refuses_what_it_cannot_do(tmp_path) -> None:
-    cfg = concept_run(tmp_path, AdapterConfig(variant="lora", targets="attention+text"))
-    with pytest.raises(ValueError, match="text-encoder adapters"):
-        train(cfg, tmp_path / "a")
     cfg = concept_run(tmp_path, AdapterConfig(variant="dora"))
     cfg.train.init_from = None
     with pytest.raises(ValueError, match="train.init_from"):

@@ -228,6 +228,22 @@ def test_concurrent_writers_with_disjoint_ranges(tmp_path):
     assert tree_bytes(root) == tree_bytes(reference.root)
 
 
+def test_a_part_folder_vanishing_while_listed_is_looked_at_again(tmp_path, monkeypatch):
+    """Another rank finishing a shard removes its part folder; glob's scandir of it can then fail
+    (seen under load in test_concurrent_writers_with_disjoint_ranges): the store lists again."""
+    store = fill(tmp_path / "s", 6, 2, 4)
+    real_glob, failures = Path.glob, []
+
+    def flaky_glob(self, pattern):
+        if pattern == "shard-*/p*.npz" and not failures:
+            failures.append(pattern)
+            raise FileNotFoundError(2, "No such file or directory", str(self / "shard-000000"))
+        return real_glob(self, pattern)
+
+    monkeypatch.setattr(Path, "glob", flaky_glob)
+    assert store.has(list(range(6))) and failures
+
+
 # -- the same through the runner: Session.sample_stream over a real pipeline ------------------
 def compose_config(*overrides: str):
     from hydra import compose, initialize_config_dir

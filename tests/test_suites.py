@@ -30,6 +30,9 @@ def shipped_reference_pipelines() -> set[str]:
         if spec.get("family") == "external" or params.get("untrained") or not spec.get("checkpoint"):
             continue
         if (CHECKPOINT_DIR / spec["checkpoint"] / "model.safetensors").is_file():
+            task = json.loads((CHECKPOINT_DIR / spec["checkpoint"] / "config.json").read_text()).get("task")
+            if task in ("superres", "inpaint"):   # image-to-image only (latent_concat): in those suites' defaults
+                continue
             names.add(path.stem)
     return names
 

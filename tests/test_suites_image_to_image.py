@@ -101,7 +101,7 @@ def test_inpainting_suite_keeps_known_pixels_and_refuses_other_samplers(tmp_path
     from reports.table_spec import build_spec_table, load_spec, render
     frame = run_suite(tmp_path / "ip", "suite=inpainting", *FAST, "suite.params.masks=[{kind: box, ratio: 0.3}]",
                       "suite.params.jump_length=1", "suite.params.jump_n_sample=2")
-    assert set(frame.pipeline) == {"pixel_ddpm", "mean_fill"}
+    assert set(frame.pipeline) == {"pixel_ddpm", "latent_inpaint_shapes32", "mean_fill"}   # latent: test_latent_concat
     rows = frame.set_index(["pipeline", "metric"]).value
     for method in ("pixel_ddpm", "mean_fill"):
         assert rows[(method, "changed_outside_mask")] == 0                 # exact paste of the known pixels

@@ -45,7 +45,7 @@ def test_lora_sweep_rows_table_and_plot(tmp_path: Path) -> None:
     assert "concept_clip_i" in (run / "lora_sweep.md").read_text()
 
 
-def test_lora_sweep_rejects_untrainable_targets(tmp_path: Path) -> None:
+def test_lora_sweep_rejects_unknown_targets(tmp_path: Path) -> None:
     from bench.config import ConfigError
     with pytest.raises(ConfigError, match="suite.params.targets"):
-        run_suite(tmp_path / "bad", *TINY[:-1], "suite.params.targets=[attention+text]")
+        run_suite(tmp_path / "bad", *TINY[:-1], "suite.params.targets=[attention+ffn]")

@@ -9,7 +9,8 @@
 Images are uint8 NCHW in and out (the low-resolution image is quantised to 8 bit, as a stored
 image would be). The noise of image i depends only on (seed, i): batch-invariant.
 
-`upscale` is the interpolation baselines' upsampler (bicubic, nearest).
+`upscale` is the interpolation baselines' upsampler (bicubic, nearest). `degraded` is the lazy
+form: an ImageSequence that degrades each batch of its source when read.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from models.core.images import ImageSequence, MappedImages
 
 DEGRADATIONS = ("bicubic", "blur_noise")
 UPSCALE_MODES = ("bicubic", "nearest")
@@ -77,6 +80,17 @@ def degrade(images: torch.Tensor, factor: int, kind: str = "bicubic", *, seed: i
         indices = range(len(images)) if indices is None else indices
         low = low + noise_std * torch.stack([_noise(low.shape[1:], seed, i) for i in indices])
     return _to_uint8(low.clamp(0, 1))
+
+
+def degraded(images: torch.Tensor | ImageSequence, factor: int, kind: str = "bicubic", *, seed: int = 0,
+             noise_std: float = 0.02) -> MappedImages:
+    """`degrade` of `images`, read a batch at a time (image i's noise still from (seed, i))."""
+    _, c, h, w = images.shape
+    check_degradation(kind, factor, w)
+    noise = f",noise_std={noise_std!r}" if kind == "blur_noise" else ""
+    return MappedImages(images, lambda batch, idx: degrade(batch, factor, kind, seed=seed, indices=idx,
+                                                           noise_std=noise_std),
+                        (c, h // factor, w // factor), f"degrade[{kind},x{factor},seed={seed}{noise}]")
 
 
 def upscale(images: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Tensor:

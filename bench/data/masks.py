@@ -17,6 +17,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from models.core.images import MappedImages
+
 MASK_KINDS = ("box", "thin", "thick")
 # Brush radius ranges in pixels at 32 px, scaled with the resolution (LaMa's thin masks use
 # brushes a few times narrower than its thick ones).
@@ -104,6 +106,12 @@ def make_mask(kind: str, ratio: float, resolution: int, seed: int, index: int) -
 def make_masks(kind: str, ratio: float, resolution: int, seed: int, indices: Sequence[int]) -> torch.Tensor:
     """Masks for `indices`, uint8 (N, 1, H, W)."""
     return torch.stack([make_mask(kind, ratio, resolution, seed, i) for i in indices])
+
+
+def mask_sequence(kind: str, ratio: float, resolution: int, seed: int, n: int) -> MappedImages:
+    """Masks 0..n-1 as an ImageSequence, made a batch at a time when read."""
+    return MappedImages(None, lambda _, idx: make_masks(kind, ratio, resolution, seed, idx), (1, resolution, resolution),
+                        f"masks[{kind},{ratio!r},{resolution},seed={seed}]", n=n)
 
 
 def area_ratio(masks: torch.Tensor) -> torch.Tensor:

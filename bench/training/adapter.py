@@ -10,7 +10,10 @@ from typing import Any, Mapping
 import torch.nn as nn
 
 from bench.training.config import AdapterConfig, TrainingConfig
-from models.networks.adapters import AdapterSpec, attach, trainable_parameters
+from bench.weights.formats import file_sha256
+from models.core.checkpoint import MODEL_FILE
+from models.core.registry import resolve_checkpoint
+from models.networks.adapters import AdapterSpec, adapts_text, attach, trainable_parameters
 
 
 def adapter_spec(cfg: AdapterConfig) -> AdapterSpec | None:
@@ -29,21 +32,29 @@ def check_adapter_run(spec: AdapterSpec, tc: TrainingConfig) -> None:
     if not tc.init_from:
         raise ValueError(f"adapter={spec.variant} trains an adapter on a trained model: set train.init_from to "
                          f"its checkpoint (a shipped name such as imagen_shapes16_32, or a directory)")
-    if "text" in spec.targets:
-        # The frozen pretrained encoders encode under torch.no_grad (models/networks/text_encoders.py),
-        # so a text-encoder adapter would receive no gradient: refuse rather than train nothing.
-        raise ValueError(f"adapter.targets={spec.targets}: bench.train cannot train text-encoder adapters (the "
-                         f"frozen text encoders run without gradients); use adapter.targets=attention or all. "
-                         f"Adapters with text-encoder layers still load at sampling time")
 
 
-def attach_for_training(networks: nn.ModuleDict, spec: AdapterSpec) -> tuple[dict[str, Any], int]:
-    """Inject the adapter into the (already initialised) networks; (peft configs by role, trainable count)."""
+def attach_for_training(networks: nn.ModuleDict, spec: AdapterSpec,
+                        text_encoder: nn.Module | None = None) -> tuple[dict[str, Any], int]:
+    """Inject the adapter into the (already initialised) networks; (peft configs by role, trainable count).
+    A text-encoder target set also adapts the trainable's frozen pretrained encoder (which is not among
+    its networks): it joins `networks` as role "text_encoder", so the optimiser, EMA, resumable state
+    and export see its adapter, and it encodes with gradients from then on (TextEncoder.grad_scope)."""
+    if adapts_text(spec.targets) and "text_encoder" not in networks:
+        if text_encoder is None:
+            raise ValueError(f"adapter.targets={spec.targets}: this family's trainer has no text encoder to adapt; "
+                             f"use adapter.targets=attention, attention+embed or all")
+        networks["text_encoder"] = text_encoder.to(next(networks.parameters()).device)
     configs = attach(dict(networks.items()), spec)
     return configs, trainable_parameters(dict(networks.items()))
 
 
 def adapter_record(spec: AdapterSpec, tc: TrainingConfig, pipeline: str, family: str,
                    training: Mapping[str, Any]) -> dict[str, Any]:
-    """adapter.json's provenance: the base checkpoint it adapts and how it was trained."""
-    return {"base": tc.init_from, "pipeline": pipeline, "family": family, "training": dict(training)}
+    """adapter.json's provenance: the base checkpoint it adapts (with its weights' sha256) and how it was
+    trained (the recipe: learning rate and schedule, batch, seed)."""
+    weights = resolve_checkpoint(tc.init_from) / MODEL_FILE
+    recipe = {k: getattr(tc, k) for k in ("lr", "lr_schedule", "lr_min", "warmup_steps", "batch_size", "grad_clip",
+                                          "p_uncond", "ema_decay", "seed")}
+    return {"base": tc.init_from, "base_sha256": file_sha256(weights) if weights.is_file() else None,
+            "pipeline": pipeline, "family": family, "training": {**dict(training), "recipe": recipe}}

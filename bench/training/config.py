@@ -61,7 +61,8 @@ class TrainingConfig:
 
 
 ADAPTER_VARIANTS = ("none", "lora", "dora", "loha", "lokr")   # none = train the networks themselves
-ADAPTER_TARGETS = ("attention", "attention+text", "all")     # models.networks.adapters.TARGETS
+ADAPTER_TARGETS = ("attention", "attention+text", "attention+embed", "attention+embed+text",
+                   "all")                                       # models.networks.adapters.TARGETS
 
 
 @dataclass

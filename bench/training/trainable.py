@@ -24,7 +24,8 @@ import torch.nn as nn
 from models.core.registry import FAMILY_MODULES
 
 TRAINING_MODULES = {family: f"bench.training.families.{family}"
-                    for family in ("pixel", "cascaded", "latent_unet", "latent_dit", "imagen", "unclip")}
+                    for family in ("pixel", "cascaded", "latent_unet", "latent_dit", "latent_concat", "imagen",
+                                   "unclip")}
 
 
 @runtime_checkable

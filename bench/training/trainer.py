@@ -112,13 +112,14 @@ def train(cfg: TrainRunConfig, run_dir: Path) -> dict[str, Any]:
     if tc.init_from and not existing:       # a resumed run continues from its own weights
         init_from_checkpoint(networks, tc.init_from, config)
         log.info("initialised the weights from %s", tc.init_from)
-    adapter_configs, trainable_count = {}, None
-    if spec is not None:        # after init_from (the frozen base), before EMA, optimiser and resume
-        adapter_configs, trainable_count = attach_for_training(networks, spec)
-        log.info("adapter %s rank %d on %s: %d trainable parameters in %s", spec.variant, spec.rank, spec.targets,
-                 trainable_count, sorted(adapter_configs))
     if tc.channels_last:
         networks.to(memory_format=torch.channels_last)   # only 4-d weights change layout
+    adapter_configs, trainable_count = {}, None
+    if spec is not None:        # after init_from (the frozen base), before EMA, optimiser and resume; after
+        # channels_last: peft's DoRA reads its conv factors with .view(), which a channels_last tensor refuses
+        adapter_configs, trainable_count = attach_for_training(networks, spec, getattr(trainable, "text_encoder", None))
+        log.info("adapter %s rank %d on %s: %d trainable parameters in %s", spec.variant, spec.rank, spec.targets,
+                 trainable_count, sorted(adapter_configs))
     ema = copy.deepcopy(networks).requires_grad_(False)
     optimizer = torch.optim.AdamW(networks.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     generator = torch.Generator().manual_seed(tc.seed)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from models.core.images import ImageSequence, is_images
 from models.core.seeding import NoiseSource
 
 CONDITIONING_KINDS = ("none", "class", "text")
@@ -52,6 +53,12 @@ TASKS = ("generate", "superres", "inpaint")
 
 class RequestError(ValueError):
     """A request that cannot be served by this pipeline; the message says what to change."""
+
+
+def check_mask_values(masks: torch.Tensor, what: str) -> None:
+    """RequestError unless `masks` holds only 0 (known) and 1 (to inpaint)."""
+    if not bool(((masks == 0) | (masks == 1)).all()):
+        raise RequestError(f"{what}: must hold only 0 (known) and 1 (to inpaint)")
 
 
 class NonFiniteError(ValueError):
@@ -133,10 +140,11 @@ class SampleRequest:
     batch_size: int = 16
     # Image-to-image tasks (TASKS): per-sample inputs, uint8 NCHW, cycling over global indices as
     # prompts do (sample i gets input_images[i % len]); masks are (K, 1, H, W) with 1 = unknown
-    # (to be inpainted), 0 = known, so a mask of zeros asks for the input back.
+    # (to be inpainted), 0 = known, so a mask of zeros asks for the input back. Either may be an
+    # ImageSequence (models.core.images), read a batch at a time, so the inputs need not fit in memory.
     task: str = "generate"
-    input_images: torch.Tensor | None = None
-    masks: torch.Tensor | None = None
+    input_images: torch.Tensor | ImageSequence | None = None
+    masks: torch.Tensor | ImageSequence | None = None
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> RequestError:
@@ -194,18 +202,18 @@ class SampleRequest:
             if key not in needs and value is not None:
                 raise bad(key, f"task {self.task!r} takes no {key}; set task to one of {TASKS[1:]} or drop it")
         images, masks = self.input_images, self.masks
-        if images is not None and (not isinstance(images, torch.Tensor) or images.dtype != torch.uint8
-                                   or images.ndim != 4 or images.shape[0] == 0):
-            raise bad("input_images", "must be a non-empty uint8 NCHW tensor, got "
+        if images is not None and not is_images(images):
+            raise bad("input_images", "must be a non-empty uint8 NCHW tensor or ImageSequence, got "
                       f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
         if masks is not None:
-            if not isinstance(masks, torch.Tensor) or masks.ndim != 4 or masks.shape[1] != 1:
-                raise bad("masks", f"must be a (K, 1, H, W) tensor, got {tuple(getattr(masks, 'shape', ()))}")
+            if not is_images(masks) or masks.shape[1] != 1:
+                raise bad("masks", "must be a (K, 1, H, W) uint8 tensor or ImageSequence, got "
+                          f"{tuple(getattr(masks, 'shape', ()))}")
             if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
                 raise bad("masks", f"shape {tuple(masks.shape)} does not match input_images {tuple(images.shape)}: "
                           "give one (1, H, W) mask per input image, of its size")
-            if not bool(((masks == 0) | (masks == 1)).all()):
-                raise bad("masks", "must hold only 0 (known) and 1 (to inpaint)")
+            if isinstance(masks, torch.Tensor):   # an ImageSequence's masks are checked batch by batch
+                check_mask_values(masks, "SampleRequest.masks")
 
     @property
     def indices(self) -> range:
@@ -217,6 +225,16 @@ class SampleRequest:
             return None, None
         k = index % self.input_images.shape[0]
         return self.input_images[k], None if self.masks is None else self.masks[k]
+
+    def inputs_for(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The (input images, masks) of samples `indices` as uint8 batches: one contiguous read when
+        the indices do not wrap around the inputs (the usual case), else image by image."""
+        k = [i % self.input_images.shape[0] for i in indices]
+        if k == list(range(k[0], k[0] + len(k))):
+            span = slice(k[0], k[0] + len(k))
+            return self.input_images[span], None if self.masks is None else self.masks[span]
+        pairs = [self.input_for(i) for i in indices]
+        return torch.stack([p[0] for p in pairs]), None if self.masks is None else torch.stack([p[1] for p in pairs])
 
     def with_range(self, start_index: int, n: int) -> "SampleRequest":
         return replace(self, start_index=start_index, n=n)
@@ -282,10 +300,11 @@ class BatchContext:
         self.input_images: torch.Tensor | None = None   # [-1, 1] float on device, for image-to-image tasks
         self.masks: torch.Tensor | None = None          # float (N, 1, H, W), 1 = to inpaint
         if request.input_images is not None:
-            pairs = [request.input_for(i) for i in self.indices]
-            self.input_images = torch.stack([p[0] for p in pairs]).to(device).float() / 127.5 - 1.0
-            if request.masks is not None:
-                self.masks = torch.stack([p[1] for p in pairs]).to(device).float()
+            images, masks = request.inputs_for(self.indices)
+            self.input_images = images.to(device).float() / 127.5 - 1.0
+            if masks is not None:
+                check_mask_values(masks, f"SampleRequest.masks (samples {self.indices[0]}..{self.indices[-1]})")
+                self.masks = masks.to(device).float()
         self.nonfinite: dict[str, int] = {}   # stage -> non-finite values in its kept float output
 
     def __len__(self) -> int:
@@ -346,6 +365,16 @@ class Pipeline(ABC):
     def supported_tasks(self) -> frozenset[str]:
         """The request tasks (TASKS) this pipeline serves; families that do more override it."""
         return frozenset({"generate"})
+
+    @property
+    def superres_input_sizes(self) -> tuple[int, ...]:
+        """Square input sizes (px) that task "superres" takes up to info.resolution (the superres
+        suite runs the factors these give); () where the pipeline serves no superres."""
+        return ()
+
+    # Whether task "inpaint" runs RePaint's resampling (Lugmayr et al. 2022; the stage settings
+    # jump_length / jump_n_sample): suites pass that schedule only to pipelines that set this.
+    inpaints_by_resampling: bool = False
 
     @abstractmethod
     def networks(self) -> Mapping[str, torch.nn.Module]:

@@ -14,6 +14,7 @@ FAMILY_MODULES = {
     "cascaded": "models.families.cascaded",
     "latent_unet": "models.families.latent_unet",
     "latent_dit": "models.families.latent_dit",
+    "latent_concat": "models.families.latent_concat",
     "unclip": "models.families.unclip",
     "imagen": "models.families.imagen",
     "external": "models.families.external",

@@ -5,12 +5,17 @@ written by `bench.train adapter=...`, or a shipped adapter's name under models/c
 tolerance). Families never see these params (models/networks/adapters.py does the work)."""
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
+from bench.weights.formats import file_sha256
+from models.core.checkpoint import MODEL_FILE
 from models.core.interface import Pipeline
-from models.core.registry import build_pipeline
+from models.core.registry import build_pipeline, resolve_checkpoint
 from models.networks.adapters import load_adapter
+
+log = logging.getLogger(__name__)
 
 ADAPTER_PARAMS = ("adapter", "adapter_scale", "adapter_merge")
 
@@ -28,6 +33,19 @@ def build_adapted_pipeline(family: str, name: str, checkpoint: str | None = None
         raise ValueError(f"pipeline.params.adapter_scale must be a number >= 0, got {scale}")
     pipe = build_pipeline(family, name, checkpoint, **params)
     record = load_adapter(str(adapter), dict(pipe.networks()), scale=scale, merged=merge)
+    base_match = same_base(record, checkpoint)
+    if base_match is False:
+        log.warning("adapter %s was trained on %s (sha256 %s), not on this pipeline's checkpoint %s: its update is "
+                    "applied to other weights", adapter, record.get("base"), record.get("base_sha256"), checkpoint)
     pipe.adapter = {"adapter": str(adapter), "scale": scale, "merged": merge, "spec": record["spec"],
-                    "base": record.get("base")}
+                    "base": record.get("base"), "base_sha256": record.get("base_sha256"), "same_base": base_match}
     return pipe
+
+
+def same_base(record: dict[str, Any], checkpoint: str | None) -> bool | None:
+    """Whether `checkpoint`'s weights are the ones the adapter was trained on (None: unknown)."""
+    expected = record.get("base_sha256")
+    if not expected or checkpoint is None:
+        return None
+    weights = resolve_checkpoint(checkpoint) / MODEL_FILE
+    return file_sha256(weights) == expected if weights.is_file() else None

@@ -93,6 +93,11 @@ class CascadedPipeline(Pipeline):
         """"superres": the SR stages alone, from a given low-resolution image (issue 21)."""
         return frozenset({"generate", "superres"})
 
+    @property
+    def superres_input_sizes(self) -> tuple[int, ...]:
+        """Its SR stages' input sizes: every stage's resolution but the last."""
+        return tuple(self.resolutions[:-1])
+
     def check_request(self, request: SampleRequest) -> None:
         super().check_request(request)
         if request.task == "superres":

@@ -30,6 +30,8 @@ ARCH_PARAMS = ("resolution", "num_classes", "class_names", "preset", "unet", "sc
 
 
 class PixelPipeline(Pipeline):
+    inpaints_by_resampling = True   # task "inpaint" is RePaint, with its jump_length / jump_n_sample
+
     def __init__(self, name: str, config: Mapping[str, Any], networks: nn.ModuleDict) -> None:
         self.config = dict(config)
         self.unet = networks["base"]

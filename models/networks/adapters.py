@@ -13,6 +13,13 @@ and the text encoder"):
   (BERT-style query / key / value / attention.output.dense). Layers inside torch's
   nn.MultiheadAttention (open_clip, the small trainable encoder) are never wrapped: it reads
   out_proj.weight directly, so a wrapped out_proj would be silently bypassed.
+- `attention+embed`: the attention projections plus the conditioning-embedding path of the denoisers:
+  the timestep / pooled-text MLPs (`time_embed`, `extra_embed`, DiT `t_embed`) and each block's
+  projection of that embedding (residual blocks' `emb`, DiT `modulation`). In an Imagen-style UNet the
+  pooled text reaches every resolution only through this path (Saharia et al. 2022, App. B: the pooled
+  embedding is added to the timestep embedding), while cross-attention sits at the lowest resolutions
+  alone; a new shape needs the path that reaches the resolutions where shape is drawn.
+- `attention+embed+text`: those, plus the text encoder's attention projections.
 - `all`: every nn.Linear and nn.Conv2d of the denoising networks (the text encoder stays frozen).
 Roles: the pipeline's `networks()`; "autoencoder" / "clip" / "vae" are never adapted, roles
 named in TEXT_ROLES are the text encoders, every other role is a denoiser.
@@ -41,7 +48,7 @@ from safetensors.torch import load_file, save_file
 from models.core.registry import CHECKPOINT_DIR
 
 VARIANTS = ("lora", "dora", "loha", "lokr")
-TARGETS = ("attention", "attention+text", "all")
+TARGETS = ("attention", "attention+text", "attention+embed", "attention+embed+text", "all")
 NEVER_ADAPTED = ("autoencoder", "clip", "vae")
 TEXT_ROLES = ("text_encoder", "conditioner")
 ADAPTER_JSON = "adapter.json"
@@ -51,6 +58,8 @@ ADAPTER_NAME = "default"
 FORMAT = "diffbench-adapter/1"
 # BERT-style text encoders keep the attention output projection outside the attention module.
 TEXT_ATTENTION_PATH = re.compile(r"(^|\.)attention\.(self\.(query|key|value)|output\.dense)$")
+# The conditioning-embedding path (`attention+embed`): embedding MLPs and the per-block projections of the embedding.
+EMBED_PATH = re.compile(r"(^|\.)((time_embed|extra_embed|t_embed\.mlp)\.\d+|emb|modulation\.\d+)$")
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,11 @@ class AdapterSpec:
         return LoKrConfig(alpha=self.scale_alpha, module_dropout=self.dropout, **common)
 
 
+def adapts_text(targets: str) -> bool:
+    """Whether the target set `targets` adapts the text encoder."""
+    return "text" in targets.split("+")
+
+
 def role_kind(role: str) -> str:
     """'frozen', 'text' or 'denoiser' (module docstring)."""
     base = role.rsplit(".", 1)[-1]
@@ -95,7 +109,8 @@ def role_kind(role: str) -> str:
 
 def target_modules(net: nn.Module, targets: str, kind: str) -> list[str]:
     """Qualified names of the layers of `net` that `targets` adapts, for a role of `kind`."""
-    if kind == "frozen" or (kind == "text" and targets != "attention+text"):
+    parts = set(targets.split("+"))
+    if kind == "frozen" or (kind == "text" and not adapts_text(targets)):
         return []
     modules = dict(net.named_modules())
     found = []
@@ -110,6 +125,8 @@ def target_modules(net: nn.Module, targets: str, kind: str) -> list[str]:
         if not isinstance(module, nn.Linear):
             continue
         if "Attention" in type(parent).__name__ or TEXT_ATTENTION_PATH.search(name):
+            found.append(name)
+        elif kind == "denoiser" and "embed" in parts and EMBED_PATH.search(name):
             found.append(name)
     return found
 
@@ -208,15 +225,21 @@ def save_adapter(directory: str | Path, networks: Mapping[str, nn.Module], confi
     return final
 
 
+def shipped_adapters() -> list[str]:
+    """Names of the adapters shipped under models/checkpoints/ (directories holding adapter.json)."""
+    return sorted(p.parent.name for p in CHECKPOINT_DIR.glob(f"*/{ADAPTER_JSON}"))
+
+
 def resolve_adapter(name: str) -> Path:
-    """A directory holding adapter.json, or the name of a shipped one under models/checkpoints/."""
+    """A directory holding adapter.json, or the name of a shipped one under models/checkpoints/
+    (found by name like a checkpoint: `pipeline.params.adapter=heart_lora_r4`)."""
     path = Path(name).expanduser()
     if not (path / ADAPTER_JSON).is_file() and (CHECKPOINT_DIR / name / ADAPTER_JSON).is_file():
         path = CHECKPOINT_DIR / name
     if not (path / ADAPTER_JSON).is_file():
         raise FileNotFoundError(f"adapter {name!r} not found: no {ADAPTER_JSON} in {path} or "
-                                f"{CHECKPOINT_DIR / name}; pass a directory written by `bench.train adapter=...` "
-                                f"(train.export=DIR)")
+                                f"{CHECKPOINT_DIR / name}; pass a shipped adapter's name ({shipped_adapters()}) "
+                                f"or a directory written by `bench.train adapter=...` (train.export=DIR)")
     return path
 
 

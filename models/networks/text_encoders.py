@@ -54,6 +54,11 @@ class TextEncoder(nn.Module, ABC):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def grad_scope(self) -> torch.autograd.grad_mode.set_grad_enabled:
+        """Gradients through a frozen encoder only where some of its parameters train (a text-encoder
+        adapter, models/networks/adapters.py); otherwise no graph is built (Imagen sec. 2.1: frozen)."""
+        return torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
+
     def describe(self) -> dict[str, Any]:
         """Provenance for result rows and checkpoint configs."""
         return {"class": type(self).__name__, "dim": self.dim, "pooled_dim": self.pooled_dim}
@@ -122,14 +127,14 @@ class OpenClipTextEncoder(TextEncoder):
         raise ValueError(f"open_clip model {self.model_name!r}: its text tower has no `ln_final` LayerNorm "
                          f"(e.g. a Hugging Face text tower); use HFTextEncoder for it instead")
 
-    @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> TextEncoding:
         prompts = _check_prompts(prompts, "OpenClipTextEncoder")
         tokens = self.tokenizer(prompts).to(self.device)
         captured: list[torch.Tensor] = []
         hook = self._final_norm.register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:
-            pooled = self.model.encode_text(tokens)
+            with self.grad_scope():
+                pooled = self.model.encode_text(tokens)
         finally:
             hook.remove()
         # CLIP's tokenizer pads with 0 after the end-of-text token; everything before is real.
@@ -191,12 +196,13 @@ class HFTextEncoder(TextEncoder):
         self.model.eval()  # frozen: dropout stays off whatever the caller's mode
         return self
 
-    @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> TextEncoding:
         prompts = _check_prompts(prompts, "HFTextEncoder")
         batch = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
                                return_tensors="pt").to(self.device)
-        states = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        with self.grad_scope():
+            states = self.model(input_ids=batch["input_ids"],
+                                attention_mask=batch["attention_mask"]).last_hidden_state
         mask = batch["attention_mask"].bool()
         return TextEncoding(states, masked_mean(states, mask), mask)
 

@@ -74,7 +74,8 @@ class ImagenTrainable:
         self.cache = None if text_encoder.trainable else FrozenTextCache(text_encoder)
 
     def encode(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        if self.cache is None:
+        # A text-encoder adapter trains through the encoder: no cached (constant) embeddings then.
+        if self.cache is None or any(p.requires_grad for p in self.text_encoder.parameters()):
             cond, _ = text_conditions(self.text_encoder, captions)
             return cond
         return self.cache(captions, self.device)
