@@ -27,6 +27,7 @@ import torch
 
 from bench.data.config import require
 from bench.data.masks import MASK_KINDS, area_ratio, check_mask_spec, mask_sequence
+from bench.data.spooled import spool
 from bench.metrics.reconstruction import load_lpips
 from bench.results import MetricValue
 from suites.image_to_image import (PairedQuality, Timer, as_batch, chunks, ground_truth, quality_set, task_pipelines,
@@ -81,15 +82,17 @@ def run(session, params: Params) -> None:
         pipe.check_request(_request(session, pipe, truth, probe, labels, params))
     lpips = load_lpips("alex", session.device)
     for spec in params.masks:
-        masks = mask_sequence(spec.kind, spec.ratio, resolution, seed, len(truth))
+        # made once per set and spooled: every method reads them (drawing strokes costs ~8 ms a mask)
+        masks = spool(mask_sequence(spec.kind, spec.ratio, resolution, seed, len(truth)), f"masks {spec.kind}")
+        area = _area_row(masks)
         point = {"task": "inpaint", "mask": spec.kind, "mask_ratio": spec.ratio, "mask_seed": seed,
                  "resolution": resolution, "data": data.name}
         tag = f"{spec.kind}{spec.ratio:g}"
         for name in params.baselines:
-            _evaluate_baseline(session, name, truth, masks, lpips, data, point,
+            _evaluate_baseline(session, name, truth, masks, area, lpips, data, point,
                                session.run_dir / "grids" / f"inpainting_{name}_{tag}.png", params.grid_k)
         for pipe in pipes:
-            _evaluate_pipeline(session, pipe, truth, masks, labels, lpips, data, params,
+            _evaluate_pipeline(session, pipe, truth, masks, area, labels, lpips, data, params,
                                {**point, "jump_length": params.jump_length, "jump_n_sample": params.jump_n_sample}
                                if pipe.inpaints_by_resampling else point,
                                session.run_dir / "grids" / f"inpainting_{pipe.info.name}_{tag}.png")
@@ -104,11 +107,14 @@ def mean_fill(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return torch.where(known.bool(), images, mean[..., None, None].expand_as(images))
 
 
-def _rows(session, quality, fid, masks, truth, outputs_changed, seconds, what) -> list[MetricValue]:
-    rows = (fid.compute() if fid is not None else []) + quality.rows()
+def _area_row(masks) -> MetricValue:
     ratios = torch.cat([area_ratio(masks[start:end]) for start, end in chunks(len(masks), 256)])   # N floats
-    rows.append(MetricValue("mask_area_ratio", float(ratios.mean()), n=len(masks),
-                            details={"min": float(ratios.min()), "max": float(ratios.max())}))
+    return MetricValue("mask_area_ratio", float(ratios.mean()), n=len(masks),
+                       details={"min": float(ratios.min()), "max": float(ratios.max())})
+
+
+def _rows(session, quality, fid, area, truth, outputs_changed, seconds, what) -> list[MetricValue]:
+    rows = (fid.compute() if fid is not None else []) + quality.rows() + [area]
     rows.append(MetricValue("changed_outside_mask", float(outputs_changed), n=len(truth), unit="px",
                             details={"what": "pixels (x channels) outside the mask that differ from the input; "
                                              "0 = known pixels preserved exactly"}))
@@ -121,15 +127,16 @@ def _changed_outside(truth: torch.Tensor, output: torch.Tensor, masks: torch.Ten
     return int((output != truth)[outside].sum())
 
 
-def _evaluate_baseline(session, name, truth, masks, lpips, data, point, grid, k) -> None:
+def _evaluate_baseline(session, name, truth, masks, area, lpips, data, point, grid, k) -> None:
     quality, fid, timer, changed, outputs = PairedQuality(lpips, masked=True), quality_set(session, data), Timer(), 0, []
     for start, end in chunks(len(truth), session.cfg.hardware.batch_size):
+        known, mask = truth[start:end], masks[start:end]   # one read each per batch
         with timer:
-            out = mean_fill(truth[start:end], masks[start:end])
-        _update(quality, fid, truth[start:end], out, masks[start:end], start)
-        changed += _changed_outside(truth[start:end], out, masks[start:end])
+            out = mean_fill(known, mask)
+        _update(quality, fid, known, out, mask, start)
+        changed += _changed_outside(known, out, mask)
         outputs.extend(out[:max(0, k - len(outputs))])
-    session.record(None, _rows(session, quality, fid, masks, truth, changed, timer.seconds, f"{name} alone"), point,
+    session.record(None, _rows(session, quality, fid, area, truth, changed, timer.seconds, f"{name} alone"), point,
                    pipeline_name=name, family="baseline")
     _grid(grid, truth, masks, outputs, k)
 
@@ -150,7 +157,7 @@ def _request(session, pipe, truth, masks, labels, params):
                            stage_overrides=stage_overrides, **overrides)
 
 
-def _evaluate_pipeline(session, pipe, truth, masks, labels, lpips, data, params, point, grid) -> None:
+def _evaluate_pipeline(session, pipe, truth, masks, area, labels, lpips, data, params, point, grid) -> None:
     request = _request(session, pipe, truth, masks, labels, params)
     if params.stage_overrides:   # settings beyond RePaint's schedule (already columns): one more column
         point = {**point, "stage_overrides": json.dumps({k: dict(v) for k, v in params.stage_overrides.items()},
@@ -159,11 +166,12 @@ def _evaluate_pipeline(session, pipe, truth, masks, labels, lpips, data, params,
     for batch in pipe.sample(request):
         start, end = int(batch.indices[0]), int(batch.indices[-1]) + 1
         seconds += sum(batch.stage_seconds.values())
-        _update(quality, fid, truth[start:end], batch.images, masks[start:end], start)
-        changed += _changed_outside(truth[start:end], batch.images, masks[start:end])
+        known, mask = truth[start:end], masks[start:end]   # one read each per batch
+        _update(quality, fid, known, batch.images, mask, start)
+        changed += _changed_outside(known, batch.images, mask)
         outputs.extend(batch.images[:max(0, params.grid_k - len(outputs))])
     what = "RePaint" if pipe.inpaints_by_resampling else pipe.info.name
-    rows = _rows(session, quality, fid, masks, truth, changed, seconds, f"{what} sampling (stage_seconds)")
+    rows = _rows(session, quality, fid, area, truth, changed, seconds, f"{what} sampling (stage_seconds)")
     session.record(pipe, rows, point, request=request)
     _grid(grid, truth, masks, outputs, params.grid_k)
 

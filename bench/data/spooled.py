@@ -68,3 +68,9 @@ class SpooledImages(ImageSequence):
 
     def close(self) -> None:
         self._finalizer()
+
+
+def spool(images: ImageSequence, name: str, batch: int = 256) -> SpooledImages:
+    """`images` made once (read `batch` at a time) and kept in a temporary file: for a sequence that
+    is costly to make and read many times."""
+    return SpooledImages((images[start:start + batch] for start in range(0, len(images), batch)), name)

@@ -10,9 +10,7 @@ from typing import Any, Mapping
 import torch.nn as nn
 
 from bench.training.config import AdapterConfig, TrainingConfig
-from bench.weights.formats import file_sha256
-from models.core.checkpoint import MODEL_FILE
-from models.core.registry import resolve_checkpoint
+from models.families.adapted import checkpoint_sha256
 from models.networks.adapters import AdapterSpec, adapts_text, attach, trainable_parameters
 
 
@@ -53,8 +51,7 @@ def adapter_record(spec: AdapterSpec, tc: TrainingConfig, pipeline: str, family:
                    training: Mapping[str, Any]) -> dict[str, Any]:
     """adapter.json's provenance: the base checkpoint it adapts (with its weights' sha256) and how it was
     trained (the recipe: learning rate and schedule, batch, seed)."""
-    weights = resolve_checkpoint(tc.init_from) / MODEL_FILE
     recipe = {k: getattr(tc, k) for k in ("lr", "lr_schedule", "lr_min", "warmup_steps", "batch_size", "grad_clip",
                                           "p_uncond", "ema_decay", "seed")}
-    return {"base": tc.init_from, "base_sha256": file_sha256(weights) if weights.is_file() else None,
+    return {"base": tc.init_from, "base_sha256": checkpoint_sha256(tc.init_from),
             "pipeline": pipeline, "family": family, "training": {**dict(training), "recipe": recipe}}

@@ -219,13 +219,6 @@ class SampleRequest:
     def indices(self) -> range:
         return range(self.start_index, self.start_index + self.n)
 
-    def input_for(self, index: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(input image, mask) of sample `index`, cycling like prompts; None where the task has none."""
-        if self.input_images is None:
-            return None, None
-        k = index % self.input_images.shape[0]
-        return self.input_images[k], None if self.masks is None else self.masks[k]
-
     def inputs_for(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The (input images, masks) of samples `indices` as uint8 batches: one contiguous read when
         the indices do not wrap around the inputs (the usual case), else image by image."""
@@ -233,8 +226,8 @@ class SampleRequest:
         if k == list(range(k[0], k[0] + len(k))):
             span = slice(k[0], k[0] + len(k))
             return self.input_images[span], None if self.masks is None else self.masks[span]
-        pairs = [self.input_for(i) for i in indices]
-        return torch.stack([p[0] for p in pairs]), None if self.masks is None else torch.stack([p[1] for p in pairs])
+        images = torch.stack([self.input_images[i] for i in k])
+        return images, None if self.masks is None else torch.stack([self.masks[i] for i in k])
 
     def with_range(self, start_index: int, n: int) -> "SampleRequest":
         return replace(self, start_index=start_index, n=n)

@@ -45,7 +45,11 @@ def build_adapted_pipeline(family: str, name: str, checkpoint: str | None = None
 def same_base(record: dict[str, Any], checkpoint: str | None) -> bool | None:
     """Whether `checkpoint`'s weights are the ones the adapter was trained on (None: unknown)."""
     expected = record.get("base_sha256")
-    if not expected or checkpoint is None:
-        return None
+    actual = None if checkpoint is None else checkpoint_sha256(checkpoint)
+    return None if not expected or actual is None else actual == expected
+
+
+def checkpoint_sha256(checkpoint: str) -> str | None:
+    """sha256 of a checkpoint's weight file (a shipped name or a directory); None if it has none."""
     weights = resolve_checkpoint(checkpoint) / MODEL_FILE
-    return file_sha256(weights) == expected if weights.is_file() else None
+    return file_sha256(weights) if weights.is_file() else None

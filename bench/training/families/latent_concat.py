@@ -22,6 +22,7 @@ import torch.nn as nn
 from bench.data.degrade import degrade
 from bench.data.masks import MASK_KINDS, make_mask
 from bench.training.families.latent import LatentTrainable
+from models.core.interface import to_uint8
 from models.families.latent import build_latent_networks
 from models.families.latent_concat import FAMILY, inpaint_condition, latent_concat_config, superres_condition
 from models.networks.autoencoder import Autoencoder
@@ -30,11 +31,6 @@ from models.sampling.diffusion import training_loss
 MASK_RATIO_RANGE = (0.05, 0.6)   # covers the inpainting suite's default sets (0.15 thin, 0.25 box, 0.35 thick)
 MASK_BANK_SIZE = 2048
 MASK_BANK_SEED = 0
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float -> uint8, as the data was stored (exact for images read from uint8 data)."""
-    return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def random_masks(n: int, resolution: int, generator: torch.Generator) -> torch.Tensor:
@@ -76,7 +72,7 @@ class LatentConcatTrainable(LatentTrainable):
     def condition(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The concatenated condition of a batch of [-1, 1] images."""
         if self.task == "superres":
-            low = degrade(to_uint8(images).cpu(), self.resolution // self.latent_size, "bicubic")
+            low = degrade(to_uint8(images), self.resolution // self.latent_size, "bicubic")
             return superres_condition(low.to(images.device).float() / 127.5 - 1.0, self.latent_size)
         masks = self.training_masks(len(images), generator).to(images.device).float()
         return inpaint_condition(self.networks["autoencoder"], images, masks)
