@@ -20,7 +20,11 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[text,diffusers,launchers]'
+	$(PY) -m pip install -q -e '.[text,diffusers,launchers,test]'
+	# reference code for the feature-space agreement tests (issue 27): facebookresearch's DINOv2 and a
+	# port of google-research's CMMD; without deps, as their metadata pins torch==2.0.0 / xformers,
+	# and the modules the tests use need only torch
+	$(PY) -m pip install -q --no-deps dinov2==0.0.1.dev2 clip-mmd==0.0.2
 	@touch $(STAMP)
 
 run: $(STAMP)

@@ -1,8 +1,9 @@
-"""The Hydra entry point: `python -m bench [overrides]` / `diffbench [overrides]`.
+"""The Hydra entry point: `python -m bench [overrides]` / `diffbench [overrides]` (bench/__main__.py runs
+the light checks of bench.preflight before importing this module, which imports torch and the suites).
 
 preflight (before Hydra starts: compose every job's config with Hydra's compose API, type and check
-it, check the run directory; a bad key, option or value exits 2 with one line naming it;
-`dry_run=true` prints the plan and exits 0) -> compose config -> validate (bad keys/values fail
+it, open its inputs, check the run directory; a bad key, option, value or input exits 2 with one line
+naming it; `dry_run=true` prints the plan and exits 0) -> compose config -> validate (bad keys/values fail
 here, naming the key; the suite's name and params too) -> seed, device -> suite.run(session,
 params) -> results.csv/.parquet -> report.md + plots -> manifest status complete.
 Errors in the input (USER_ERRORS) print one line and exit 2; `debug=true` (or DIFFBENCH_DEBUG=1)
@@ -12,11 +13,12 @@ resumes from the stored samples.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
-import tempfile
 import traceback
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -26,24 +28,31 @@ import torch
 import torch.distributed as dist
 import yaml
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import ConfigCompositionException, HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, OmegaConf
 
-from bench.config import Config, ConfigError, omegaconf_message, register_schema, schema_keys, validate
-from bench.data import DataError
+from bench.atomic import describe_io_error, sweep_temp_files
+from bench.config import Config, ConfigError, PipelineConfig, register_schema, validate
+from bench.data import DataError, build_source
+from bench.data.prompts import load_prompts
 from bench.device import describe, resolve_device
 from bench.distributed import World, init_world
 from bench.manifest import file_sha256, model_provenance, write_manifest
 from bench.metrics.refstats import ReferenceError as ReferenceStatsError
+from bench.metrics.spaces import check_feature_weights
+from bench.metrics.refstats import load_reference_npz
+from bench.preflight import (COMPOSE_ERRORS, CONF_DIR, Checked, Job, check, check_run_dir, compose_job,
+                             differing_settings, earlier_run, fail, is_finished, looks_like_path, one_line,
+                             override_keys)
 from bench.results import CORE_COLUMNS, DETAILS_COLUMN, RESULT_FILES, write_results
 from bench.session import SETTING_COLUMNS, Session
-from bench.store import StoreMismatchError
+from bench.store import StoreError
 from bench.weights import WeightsError
 from models.core.checkpoint import CheckpointError
 from models.core.interface import NonFiniteError, RequestError
-from models.core.registry import resolve_checkpoint
+from models.core.registry import build_pipeline, resolve_checkpoint
+from models.families.diffusers import check_request_scheduler, saved_model_classes
+from models.families.diffusers_common import SCHEDULERS, scheduler_mode
 from reports.run_report import write_run_report
 from suites import SWEEP_AXIS_KEYS, load_suite, prepare_suite
 
@@ -55,9 +64,11 @@ class UserError(Exception):
 
 
 USER_ERRORS = (ConfigError, RequestError, UserError, FileNotFoundError, DataError, WeightsError,
-               StoreMismatchError, NonFiniteError, ReferenceStatsError, CheckpointError)
-# What composing a config can raise about the command line (unknown key, group option, bad value)
-COMPOSE_ERRORS = (HydraException, OmegaConfBaseException)
+               StoreError, NonFiniteError, ReferenceStatsError, CheckpointError)
+# The run's error boundary for the disk and damaged files (issue 29): a write that fails (full disk,
+# read-only folder), a file that cannot be read or is not a complete zip/npz. One line naming the
+# file and what to do (bench.atomic.describe_io_error), exit 2; the run stays resumable.
+IO_ERRORS = (OSError, zipfile.BadZipFile)
 
 
 def multirun_params(overrides: list[str]) -> dict[str, object]:
@@ -72,11 +83,6 @@ def multirun_params(overrides: list[str]) -> dict[str, object]:
             continue
         params[SETTING_COLUMNS.get(key, key)] = yaml.safe_load(value) if value else value
     return params
-
-
-def override_keys(overrides: Sequence[str]) -> list[str]:
-    """The config keys set on the command line (`suite.n=16` -> "suite.n")."""
-    return [item.lstrip("+~").partition("=")[0] for item in overrides]
 
 
 def narrow_to_chosen_pipeline(raw: DictConfig, overrides: list[str]) -> None:
@@ -118,15 +124,33 @@ def run(cfg: Config, raw: DictConfig, run_dir: Path,
     """Run the configured suite into run_dir (the results frame; None on ranks other than 0).
     `overrides`: the command line's, for what depends on a key being given rather than defaulted
     (suite.n for samples made elsewhere). Importable for tests and notebooks."""
-    suite, params = prepare_suite(cfg.suite.name, cfg.suite.params)   # start-up: nothing written yet
+    suite, params = prepare_suite(cfg.suite.name, cfg.suite.params, cfg)   # start-up: nothing written yet
+    # the weights of every feature space beside Inception, found before any sampling (exit 2 if not)
+    feature_weights = check_feature_weights(cfg.metrics)
     world = init_world(resolve_device(cfg.hardware))
     run_dir = _same_run_dir(Path(run_dir), world)
     run_id = f"{run_dir.parent.name}/{run_dir.name}" if run_dir.parent.name else run_dir.name
     config = OmegaConf.to_container(raw, resolve=True)
+    earlier = earlier_run(run_dir)
+    if earlier and is_finished(run_dir, earlier) and not cfg.overwrite \
+            and not differing_settings(earlier["config"], config):   # read-only, so every rank agrees
+        log.info("run directory %s holds this run, complete; nothing to do (python -m reports %s redraws "
+                 "its report; overwrite=true runs it again)", run_dir, run_dir)
+        return pd.read_csv(run_dir / "results.csv") if world.is_main else None
+    if world.is_main:   # before anything is written: a run directory keeps a finished run (issue 26);
+        # preflight checked it already for `python -m bench`; this covers multirun jobs and in-process
+        # calls. What Hydra just wrote for this run (.hydra/, its log) is not the earlier run's.
+        check_run_dir(run_dir, config, cfg.overwrite, keep=[".hydra", *(p.name for p in run_dir.glob("*.log"))])
+        # a killed run's temporary files (e.g. `.results.parquet.*.tmp`) must not outlive the resume; the
+        # sample stores sweep theirs under their own lock (other ranks may be writing there already)
+        sweep_temp_files(run_dir, skip=["samples"])
     torch.manual_seed(cfg.seed)
-    session = Session(cfg, run_dir, run_id, job_params, world, suite_n_given="suite.n" in override_keys(overrides))
+    session = Session(cfg, run_dir, run_id, job_params, world, suite_n_given="suite.n" in override_keys(overrides),
+                      given=override_keys(overrides))
     manifest = dict(run_id=run_id, config=config, seed=cfg.seed,
                     device={**describe(session.device), "world_size": world.size})
+    # the manifest's weights: the sha256 of each feature space's file (rows carry it too, issue 27)
+    session.weights_used.update({str(w["name"]): str(w["sha256"]) for w in feature_weights.values()})
     if not world.is_main:   # other ranks sample and measure their share; rank 0 writes
         suite.run(session, params)
         return None
@@ -139,13 +163,13 @@ def run(cfg: Config, raw: DictConfig, run_dir: Path,
         suite.run(session, params)   # rows go into session.rows (session.record)
         try:
             frame = write_results(run_dir, session.rows)
-            final = dict(weights=session.weights_used, checkpoints=_checkpoints(session), warnings=session.warnings)
+            final = dict(weights=session.weights_used, checkpoints=_checkpoints(session), warnings=session.warnings,
+                         inputs=session.measured_inputs())   # both sides as measured (issue 26)
             # report.html shows the provenance the complete manifest will hold (weights, checkpoints)
             write_run_report(run_dir, frame, quiet=cfg.quiet, manifest={**manifest, **final, "status": "complete"})
             write_manifest(run_dir, status="complete", **final, **manifest)
         except OSError as err:   # a full disk, a quota, a directory made read-only under us
-            raise UserError(f"run directory {run_dir}: cannot write the results ({err}); free space or give a "
-                            "writable hydra.run.dir, then rerun (stored samples are reused)") from err
+            raise UserError(f"cannot write the results: {describe_io_error(err, run_dir)}") from err
     except BaseException as err:
         _discard_results(run_dir)   # nothing half-written beside a failed manifest
         _mark_failed(run_dir, err, session.warnings, manifest)
@@ -156,7 +180,7 @@ def run(cfg: Config, raw: DictConfig, run_dir: Path,
 
 def _discard_results(run_dir: Path) -> None:
     """Remove the results files and report of a run that failed: they would claim completeness."""
-    for name in (*RESULT_FILES, "report.md"):
+    for name in (*RESULT_FILES, "report.md", "report.html"):   # report.html shows a complete manifest
         try:
             (run_dir / name).unlink(missing_ok=True)
         except OSError as err:
@@ -207,135 +231,131 @@ def prepare_config(raw: DictConfig, overrides: Sequence[str]) -> Config:
     narrow_to_chosen_pipeline(raw, list(overrides))
     narrow_sweep_to_overrides(raw, list(overrides))
     cfg = validate(raw)
-    prepare_suite(cfg.suite.name, cfg.suite.params)
+    prepare_suite(cfg.suite.name, cfg.suite.params, cfg)   # the params with the sweep and data too
     return cfg
 
 
-# -- start-up checks before Hydra runs anything (bad keys, run directory, dry_run) ------------------
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-HYDRA_FLAGS_WITHOUT_RUN = ("help", "hydra_help", "info", "cfg", "shell_completion", "version")
-HYDRA_OTHER_CONFIG = ("config_name", "config_path", "config_dir", "experimental_rerun")
-
-
-def preflight(argv: Sequence[str]) -> None:
-    """Compose and check the command line's config (every job of a multirun) before Hydra starts:
-    an unknown key, group option or value, or a run directory that cannot be written exits 2 with
-    one line naming it (Hydra's own errors are multi-line, exit 1, and come after it has set up
-    logging in the run directory). With `dry_run=true` print the plan and exit 0: nothing is
-    loaded, sampled or written."""
-    from hydra._internal.utils import get_args_parser   # Hydra's own command-line grammar
-    args, _ = get_args_parser().parse_known_args(list(argv))
-    if any(getattr(args, flag, None) for flag in HYDRA_FLAGS_WITHOUT_RUN + HYDRA_OTHER_CONFIG):
+# -- start-up checks before Hydra runs anything (bad keys, inputs, run directory, dry_run) ----------
+def preflight(argv: Sequence[str], checked: Checked | None = None) -> None:
+    """Check the command line's config (every job of a multirun) before Hydra starts: first the
+    light checks (`bench.preflight.check`: keys, values, metric names, paths, a writable run
+    directory; `checked` when `python -m bench` already ran them before importing this module),
+    then what needs the heavier layers: the suite and its params, every input opened as the run
+    will read it (npz layouts, prompts, a diffusers model folder's classes, reference statistics)
+    and the run directory's earlier run. A problem exits 2 with one line naming it (Hydra's own
+    errors are multi-line, exit 1, and come after it has set up logging in the run directory).
+    With `dry_run=true` print the plan and exit 0: nothing is sampled or written."""
+    checked = checked or check(argv)
+    if checked is None:
         return   # Hydra answers these itself, or composes another config than ours
-    overrides = list(args.overrides or [])
-    debug = bool(os.environ.get("DIFFBENCH_DEBUG")) or any(o.replace(" ", "") in ("debug=true", "debug=True")
-                                                           for o in overrides)
     try:
-        jobs, total = expand_sweeps(overrides) if args.multirun else ([overrides], 1)
-        plans = [plan_job(job, multirun=bool(args.multirun)) for job in jobs]
+        plans = [plan_job(job, multirun=checked.multirun) for job in checked.jobs]
     except Exception as err:
-        if not isinstance(err, USER_ERRORS + COMPOSE_ERRORS):
+        if not isinstance(err, USER_ERRORS + COMPOSE_ERRORS + IO_ERRORS):
             raise
-        if debug:
-            traceback.print_exc()
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
+        fail(err if isinstance(err, USER_ERRORS + COMPOSE_ERRORS) else
+             UserError(describe_io_error(err)).with_traceback(err.__traceback__), checked.debug)
     if plans and plans[0]["dry_run"]:
-        checked = "" if total == len(plans) else f", checked as {len(plans)} (each value of each swept key once)"
-        print(f"dry run: {total} job(s){checked}; the config is valid; nothing was loaded, sampled or written")
+        total = checked.total
+        shown = "" if total == len(plans) else f", checked as {len(plans)} (each value of each swept key once)"
+        print(f"dry run: {total} job(s){shown}; the config is valid and every input opened; nothing was sampled "
+              "or written")
         for number, plan in enumerate(plans):
             print(f"job {number}: " + "; ".join(f"{k}: {v}" for k, v in plan.items() if k != "dry_run"))
         sys.exit(0)
 
 
-def expand_sweeps(overrides: Sequence[str]) -> tuple[list[list[str]], int]:
-    """A multirun's jobs to check: each value of each swept key once (the others at their first
-    value), so every option and value given is composed without composing the whole product;
-    and how many jobs the multirun has (the product)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    base, sweeps = [], []
-    for index, override in enumerate(parsed):
-        if override.is_sweep_override():
-            values = list(override.sweep_string_iterator())
-            prefix = override.input_line[:len(override.input_line) - len(override.get_value_string())] \
-                if hasattr(override, "get_value_string") else f"{override.get_key_element()}="
-            sweeps.append((index, [f"{prefix}{v}" for v in values]))
-            base.append(sweeps[-1][1][0])
-        else:
-            base.append(override.input_line)
-    jobs, total = [base], 1
-    for index, variants in sweeps:
-        total *= len(variants)
-        for variant in variants[1:]:
-            job = list(base)
-            job[index] = variant
-            jobs.append(job)
-    return jobs, total
-
-
-def plan_job(overrides: Sequence[str], multirun: bool = False) -> dict[str, object]:
-    """Compose one job's config (Hydra's compose API, the same config tree), check it and its
-    run directory; return what it would run."""
-    from hydra import compose, initialize_config_dir
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        raw = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-    hydra_node = raw.hydra
-    with open_dict(raw):
-        del raw["hydra"]
+def plan_job(job: Job | Sequence[str], multirun: bool = False) -> dict[str, object]:
+    """One job's config narrowed and checked as the run will use it (the suite's params too), its
+    inputs opened (`open_inputs`) and its run directory checked (a single run's; a multirun job's
+    is checked by `run` once Hydra names it); return what it will run."""
+    if not isinstance(job, Job):
+        job = compose_job(job, multirun)
+    raw = copy.deepcopy(job.raw)   # narrowing edits it; the job keeps what the command line gave
+    overrides = job.overrides
     cfg = prepare_config(raw, overrides)
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    out_dir = Path(str(hydra_node.sweep.dir if multirun else hydra_node.run.dir))
-    check_writable(out_dir, key)
     pipelines = list(cfg.suite.pipelines or [cfg.pipeline.name])
+    sampling = {name: open_inputs(cfg, name) for name in pipelines}
+    if cfg.metrics.reference:
+        load_reference_npz(cfg.metrics.reference)   # mu and sigma, as the run reads them
+    if cfg.data.name in ("folder", "npz"):
+        build_source(cfg.data)                       # the reference folder / npz as the run reads it
+    if cfg.suite.params.get("prompts"):
+        load_prompts(cfg.suite.params["prompts"])
+    run_dir = "none"
+    if not multirun:
+        config = OmegaConf.to_container(raw, resolve=True)
+        state = check_run_dir(job.out_dir, config, cfg.overwrite) if not cfg.dry_run else \
+            _run_dir_state(job.out_dir, config, cfg.overwrite)
+        run_dir = f"{job.out_dir} ({state})"
+    samplers = set(sampling.values())
     return {"dry_run": cfg.dry_run, "suite": cfg.suite.name, "pipelines": pipelines,
             "sweep": dict(OmegaConf.to_container(raw.suite.sweep)) or "none",
             "n": cfg.suite.n if "suite.n" in override_keys(overrides) or cfg.pipeline.family != "external"
             else f"{cfg.suite.n} (samples made elsewhere: all of them, unless suite.n is given)",
-            "sampler": f"{cfg.sampler.name} x {cfg.sampler.steps} steps (eta {cfg.sampler.eta})",
+            "sampler": samplers.pop() if len(samplers) == 1 else "; ".join(f"{k}: {v}" for k, v in sampling.items()),
             "guidance_scale": cfg.guidance_scale, "seed": cfg.seed, "metrics": list(cfg.metrics.names),
-            "data": f"{cfg.data.name} (n={cfg.data.n})", key: str(out_dir)}
+            "data": f"{cfg.data.name} (n={cfg.data.n})", job.key: run_dir if not multirun else str(job.out_dir)}
 
 
-def check_writable(path: Path, key: str) -> None:
-    """The run directory can be made and written: checked at its nearest existing folder, without
-    creating anything (Hydra makes it, then opens its log file there)."""
-    existing = path.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"config key '{key}': {path} cannot be made: {existing} is a file, not a folder; "
-                          f"give a writable folder, e.g. {key}=outputs/myrun")
+def _run_dir_state(run_dir: Path, config: dict, overwrite: bool) -> str:
+    """What a real run would do with run_dir, said by a dry run, which removes nothing: the same
+    refusal as the run, or 'new', 'resume', 'overwrite (the earlier run would be removed)'."""
+    manifest = earlier_run(run_dir)
+    if manifest is None:
+        return "new"
+    finished = is_finished(run_dir, manifest)
+    if not differing_settings(manifest["config"], config) and not (finished and overwrite):
+        return "complete: nothing to do" if finished else "resume"
+    if not overwrite:
+        check_run_dir(run_dir, config, overwrite=False)   # raises the run's own refusal
+    return "overwrite: the earlier run there would be removed"
+
+
+NO_SAMPLING = "no sampling (samples made elsewhere)"
+
+
+def open_inputs(cfg: Config, name: str) -> str:
+    """Open what pipeline `name` will read, as the run reads it, without loading any network:
+    samples made elsewhere (folder or npz: built, which reads the npz header or the first image,
+    and the prompts); a diffusers model folder's model_index.json and scheduler config. Returns
+    what will really sample: "no sampling", or the scheduler class and steps that will run."""
+    spec = cfg.pipeline if name == cfg.pipeline.name else _pipeline_spec(name)
+    sampler = f"{cfg.sampler.name} x {cfg.sampler.steps} steps (eta {cfg.sampler.eta})"
+    if spec.family != "external":
+        return sampler
+    params = dict(spec.params)
     try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        raise ConfigError(f"config key '{key}': {path} cannot be written ({existing}: {err.strerror or err}); "
-                          f"give a writable folder, e.g. {key}=outputs/myrun") from None
+        return _open_external(cfg, spec, params)
+    except ValueError as err:   # a builder's plain complaint: named as the run names it (Session.load_pipeline)
+        if type(err) is not ValueError:
+            raise
+        raise ConfigError(f"pipeline {spec.name} (family {spec.family}, pipeline.params {params}): {err}") from err
 
 
-def one_line(err: BaseException) -> str:
-    """An error for the terminal as one line: Hydra's multi-line messages folded, its hints kept."""
-    cause = err.__cause__
-    if isinstance(err, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException) \
-            and getattr(cause, "full_key", None) and str(err).startswith("Could not override"):
-        key = str(cause.full_key)
-        allowed = schema_keys(key.rpartition(".")[0])
-        if allowed is None:   # under a free mapping (pipeline.params, suite.params): adding takes +
-            return f"config key '{key}': not in the composed config; add a new key with +{key}=..., " \
-                   "or run with --cfg job to see every key"
-        where = f"of {key.rpartition('.')[0]}" if "." in key else "at the top level"
-        return f"config key '{key}': no such key; the keys {where} are {allowed}"
-    if isinstance(cause, OmegaConfBaseException) and not isinstance(err, USER_ERRORS):
-        return omegaconf_message(cause)
-    lines = [line.strip() for line in str(err).splitlines()
-             if line.strip() and "HYDRA_FULL_ERROR" not in line]
-    if "Config search path:" in lines:
-        lines = lines[:lines.index("Config search path:")]
-    if len(lines) > 1 and lines[1].startswith("Available options"):
-        return f"{lines[0]}; {lines[1]} {', '.join(lines[2:])}"
-    return "; ".join(lines) or type(err).__name__
+def _open_external(cfg: Config, spec: PipelineConfig, params: dict) -> str:
+    if params.get("source") != "diffusers":
+        if params.get("on_bad_file") != "skip":   # skip decodes every file to find the readable ones: the run does
+            build_pipeline(spec.family, spec.name, spec.checkpoint, **params)   # files, npz layout, prompts
+        return NO_SAMPLING
+    mode = scheduler_mode(str(params.get("scheduler", "saved")), spec.name)
+    models = [params["model"]] if params.get("model") else list(params.get("stages") or [])
+    found = [saved_model_classes(str(model)) for model in models if looks_like_path(str(model))]
+    classes = [pipeline_class for pipeline_class, _ in found]
+    if mode == "request":
+        for pipeline_class in classes:
+            check_request_scheduler(pipeline_class, cfg.sampler.name, spec.name)
+        return f"{cfg.sampler.name} as diffusers' {SCHEDULERS[cfg.sampler.name][0]} x {cfg.sampler.steps} steps " \
+               "(params.scheduler=request)"
+    if len(found) == len(models):
+        return f"{'+'.join(scheduler for _, scheduler in found)} as saved x {cfg.sampler.steps} steps " \
+               "(params.scheduler=saved; the sampler setting is not used)"
+    return f"the model's own scheduler as saved x {cfg.sampler.steps} steps (params.scheduler=saved)"
+
+
+def _pipeline_spec(name: str) -> PipelineConfig:
+    merged = OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.load(CONF_DIR / "pipeline" / f"{name}.yaml"))
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -348,16 +368,19 @@ def _hydra_main(raw: DictConfig) -> None:
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         job_params = multirun_params(list(hydra_cfg.overrides.task)) if multirun else {}
         run(cfg, raw, Path(hydra_cfg.runtime.output_dir), job_params, list(hydra_cfg.overrides.task))
-    except USER_ERRORS as err:
+    except USER_ERRORS + IO_ERRORS as err:
         if os.environ.get("DIFFBENCH_DEBUG") or raw.get("debug"):
             traceback.print_exc()
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        line = one_line(err) if isinstance(err, USER_ERRORS) else \
+            describe_io_error(err, HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None)
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
 
 
-def main() -> None:
+def main(checked: Checked | None = None) -> None:
+    """`checked`: the light checks' result when bench/__main__.py ran them before importing this module."""
     register_schema()
-    preflight(sys.argv[1:])
+    preflight(sys.argv[1:], checked)
     _hydra_main()
 
 

@@ -23,11 +23,11 @@ from bench.data.config import ConfigError, DataConfig
 from bench.data.config import choice, require
 from bench.device import HardwareConfig  # re-exported: the hardware group lives with its resolver
 # Each list of names has one home, the lowest module that owns the concept.
-from bench.metrics.inception import RESIZE_MODES
-from bench.metrics.registry import metric_names, unknown_names
-from models.core.interface import THRESHOLDING_MODES
+# torch-free homes only: preflight (bench.preflight) checks a config before torch is imported
+from bench.metrics.registry import RESIZE_MODES, metric_names, unknown_names
+from bench.metrics.feature_spaces import clip_space_names, space_names, unknown_spaces
+from models.core.names import SAMPLER_NAMES, THRESHOLDING_MODES
 from models.core.registry import FAMILY_MODULES
-from models.sampling.samplers import SAMPLERS
 
 
 
@@ -40,7 +40,7 @@ class SamplerConfig:
     dynamic_threshold_percentile: float = 0.995
 
     def __post_init__(self) -> None:
-        choice(self.name, "sampler.name", tuple(SAMPLERS))
+        choice(self.name, "sampler.name", SAMPLER_NAMES)
         require(self.steps >= 1, "sampler.steps", f"must be >= 1, got {self.steps}")
         require(self.eta >= 0, "sampler.eta", f"must be >= 0, got {self.eta}")
         choice(self.thresholding, "sampler.thresholding", THRESHOLDING_MODES)
@@ -63,8 +63,22 @@ class MetricsConfig:
     speed_repeats: int = 3
     bootstrap: int = 0              # FID bootstrap replicates (0: no CI; bench.metrics.bootstrap)
     bootstrap_seed: int = 0
+    # feature spaces of FD/FID, KID, precision/recall, density/coverage (bench.metrics.feature_spaces):
+    # `fid` etc. in inception, `fd[<space>]`, `kid[<space>]`, ... in the others (one pass per batch)
+    features: List[str] = field(default_factory=lambda: ["inception"])
+    cmmd_space: str = "clip-vit-l-14-336"      # the CLIP space of `cmmd` (Jayasumana et al. 2024)
+    # space -> weights file (None: searched, bench.weights); every space is a key, so
+    # `metrics.feature_weights.dinov2-vit-l-14=PATH` needs no `+`
+    feature_weights: Dict[str, Optional[str]] = field(
+        default_factory=lambda: dict.fromkeys(name for name in space_names() if name != "inception"))
 
     def __post_init__(self) -> None:
+        for key, given in (("metrics.features", self.features), ("metrics.feature_weights", self.feature_weights)):
+            bad_spaces = unknown_spaces(given)
+            require(not bad_spaces, key, f"{bad_spaces} are not feature spaces; choose from {list(space_names())}")
+        require(bool(self.features) and len(set(self.features)) == len(self.features), "metrics.features",
+                f"must list each feature space once, at least one, got {list(self.features)}")
+        choice(self.cmmd_space, "metrics.cmmd_space", clip_space_names())
         unknown = unknown_names(self.names)
         lower = [name.lower() for name in unknown if name.lower() in metric_names()]
         require(not unknown, "metrics.names",
@@ -117,6 +131,7 @@ class Config:
     quiet: bool = False             # no progress bars (CI)
     store_samples: bool = True      # write sample shards to the run directory (resumable)
     dry_run: bool = False           # validate the config, print the plan, exit 0 (bench.app.preflight)
+    overwrite: bool = False         # replace an earlier run with other settings in the run directory (bench.preflight)
     debug: bool = False             # errors in the input also print their traceback
 
     def __post_init__(self) -> None:

@@ -3,15 +3,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
-
-import torch
+from typing import TYPE_CHECKING, Optional
 
 from bench.data.config import ConfigError, choice, require
-from models.core.checkpoint import DEFAULT_BUDGET_FRACTION, set_memory_budget
+
+if TYPE_CHECKING:
+    import torch
+# torch (and models.core.checkpoint, which needs it) is imported inside the functions that use it:
+# HardwareConfig is part of the config schema, which `python -m bench` checks before torch loads
+# (bench.preflight; a config typo is reported in about a second, not after torch's start-up)
 
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def torch_dtype(name: str) -> "torch.dtype":
+    """hardware.dtype's name -> the torch dtype."""
+    import torch
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 @dataclass
@@ -29,20 +38,23 @@ class HardwareConfig:
     def __post_init__(self) -> None:
         require(self.device in DEVICES or self.device.startswith("cuda:"), "hardware.device",
                 f"{self.device!r} is not allowed; choose one of {list(DEVICES)} or cuda:N")
-        choice(self.dtype, "hardware.dtype", tuple(DTYPES))
+        choice(self.dtype, "hardware.dtype", DTYPE_NAMES)
         require(self.batch_size >= 1, "hardware.batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.num_workers >= 0, "hardware.num_workers", f"must be >= 0, got {self.num_workers}")
-        require(self.memory_budget_gb is None or math.isfinite(self.memory_budget_gb) and self.memory_budget_gb > 0,
-                "hardware.memory_budget_gb", f"must be a finite number of GiB > 0 or null (= {DEFAULT_BUDGET_FRACTION:g} "
-                f"of the physical RAM), got {self.memory_budget_gb}")
+        if not (self.memory_budget_gb is None or math.isfinite(self.memory_budget_gb) and self.memory_budget_gb > 0):
+            from models.core.checkpoint import DEFAULT_BUDGET_FRACTION   # torch: only on this error path
+            require(False, "hardware.memory_budget_gb", f"must be a finite number of GiB > 0 or null "
+                    f"(= {DEFAULT_BUDGET_FRACTION:g} of the physical RAM), got {self.memory_budget_gb}")
 
 
 def apply_memory_budget(hw: HardwareConfig) -> None:
     """Checkpoints loaded from now on are refused past `hardware.memory_budget_gb` of weights."""
+    from models.core.checkpoint import set_memory_budget
     set_memory_budget(hw.memory_budget_gb)
 
 
 def resolve_device(hw: HardwareConfig) -> torch.device:
+    import torch
     if hw.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if hw.device.startswith("cuda") and not torch.cuda.is_available():
@@ -52,7 +64,8 @@ def resolve_device(hw: HardwareConfig) -> torch.device:
 
 
 def resolve_dtype(hw: HardwareConfig, device: torch.device) -> torch.dtype:
-    dtype = DTYPES[hw.dtype]
+    import torch
+    dtype = torch_dtype(hw.dtype)
     if device.type == "cpu" and dtype == torch.float16:
         raise ConfigError("config key 'hardware.dtype': float16 is not supported on CPU; "
                           "use float32 or bfloat16")
@@ -60,6 +73,7 @@ def resolve_dtype(hw: HardwareConfig, device: torch.device) -> torch.dtype:
 
 
 def describe(device: torch.device) -> dict:
+    import torch
     info = {"device": str(device), "torch": torch.__version__, "cuda": torch.version.cuda,
             "threads": torch.get_num_threads()}
     if device.type == "cuda":

@@ -22,8 +22,8 @@ from typing import Iterable
 
 import numpy as np
 
-from bench.atomic import atomic_write, atomic_write_text
-from bench.store import ZIP_EPOCH, SampleStore
+from bench.atomic import atomic_write, atomic_write_text, describe_io_error
+from bench.store import ZIP_EPOCH, SampleStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         path = export_npz(args.source, args.out, args.batch_size)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, zipfile.BadZipFile) as err:   # a full disk, a damaged file: one line naming it (issue 29)
+        print(f"error: {describe_io_error(err)}", file=sys.stderr)
         return 2
     print(path)
     return 0

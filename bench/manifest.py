@@ -76,8 +76,9 @@ def model_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
 def write_manifest(run_dir: Path, *, run_id: str, status: str, config: dict, seed: int,
                    device: dict | None = None, weights: dict | None = None,
                    checkpoints: dict | None = None, error: str | None = None,
-                   warnings: list[str] | None = None) -> None:
-    """`warnings`: what the run said the user should know (e.g. prompts reused), stated beside the status."""
+                   warnings: list[str] | None = None, inputs: dict | None = None) -> None:
+    """`warnings`: what the run said the user should know (e.g. prompts reused), stated beside the status.
+    `inputs`: per pipeline, both sides as measured (n, image sizes found, resize; Session.measured_inputs)."""
     manifest = {
         "run_id": run_id,
         "status": status,
@@ -95,4 +96,6 @@ def write_manifest(run_dir: Path, *, run_id: str, status: str, config: dict, see
         manifest["error"] = error
     if warnings:
         manifest["warnings"] = list(warnings)
+    if inputs:
+        manifest["inputs"] = inputs
     atomic_write_json(Path(run_dir) / "manifest.json", manifest)

@@ -22,11 +22,20 @@ Timing metrics (images/s, s/image, stage time, memory) are noisy across machines
 reported but skipped unless --check-timing (or `"skip": false` in the baseline), and then get
 a generous relative tolerance (50%).
 
+Points and settings. A baseline entry is (pipeline, sweep point, metric) and the run settings it
+was measured with (bench.results.RUN_SETTINGS: checkpoint, pipeline params, sampler, steps, seed,
+data, ...). Entries are matched on pipeline, metric and sweep point, and compared value against
+value whatever the settings were: settings that differ are named ("pixel_ddpm: steps: baseline
+50, current 10") above the diff, not turned into missing and new metrics; the values decide the
+verdict. A setting the run sweeps (it varies within one pipeline, metric and point) is part of
+the point. A baseline that records no settings (written before they were row columns) or keeps
+them among its params is read the same way; a point column it never had is set aside.
+
 Baseline file: JSON, small, meant to live in the user's repository:
     {"format": "diffbench-baseline", "version": 1,
      "tolerances": {"fid": {"direction": "lower", "abs": 0.5, "rel": 0.02, "ci_k": 1.0,
                             "skip": false}, "clip_score*": {"rel": 0.01}, ...},
-     "entries": [{"pipeline": ..., "params": {...}, "metric": ..., "value": ...,
+     "entries": [{"pipeline": ..., "params": {...}, "settings": {...}, "metric": ..., "value": ...,
                   "ci": half-width or null, "ci_low": ..., "ci_high": ..., "n": ..., "unit": ...}]}
 Tolerance keys are metric names or glob patterns (exact name first, then the longest
 matching pattern, then the registry's defaults); a spec may give any subset of its fields.
@@ -40,7 +49,8 @@ import fnmatch
 import json
 import math
 import sys
-from dataclasses import dataclass
+import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -118,8 +128,18 @@ def describe_point(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "-"
 
 
+def split_settings(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(sweep point, run settings) of a row's or entry's parameter columns: the run settings
+    (bench.results.RUN_SETTINGS: checkpoint, sampler, steps, data, ...) say how the number was made,
+    the rest where in the suite's sweep it was measured."""
+    point = {k: v for k, v in params.items() if k not in RUN_SETTINGS}
+    return point, {k: v for k, v in params.items() if k in RUN_SETTINGS}
+
+
 def entries_from_frame(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """One entry per (pipeline, sweep point, metric), sorted; duplicates are an error."""
+    """One entry per (pipeline, sweep point, metric), sorted; duplicates are an error. `params` is
+    the sweep point, `settings` the run settings it was measured with; a run setting the run
+    sweeps (it varies within one pipeline and metric, e.g. a steps sweep) stays in `params`."""
     frame = normalise(frame)
     params = param_columns(frame)
     entries: dict[str, dict[str, Any]] = {}
@@ -135,8 +155,19 @@ def entries_from_frame(frame: pd.DataFrame) -> list[dict[str, Any]]:
                         "value": _num(rec["value"]), "ci": _half(rec["ci_low"], rec["ci_high"]),
                         "ci_low": _num(rec["ci_low"]), "ci_high": _num(rec["ci_high"]),
                         "n": None if n is None else int(n), "unit": rec["unit"]}
-    return sorted(entries.values(), key=lambda e: (e["pipeline"], point_key("", e["params"], ""),
-                                                   metric_sort_key(e["metric"])))
+    out = [_normalise_entry(e) for e in entries.values()]
+    axes = _axes(out, [])
+    for entry in out:   # a swept setting is part of the point
+        swept = axes.get(_group(entry), set())
+        entry["params"].update({k: entry["settings"].pop(k) for k in swept if k in entry["settings"]})
+    return sorted(out, key=lambda e: (e["pipeline"], point_key("", e["params"], ""), metric_sort_key(e["metric"])))
+
+
+def _normalise_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry with its run settings under `settings` (a baseline written before they were kept
+    apart, issue 28, has them among `params`)."""
+    point, settings = split_settings(entry.get("params", {}))
+    return {**entry, "params": point, "settings": {**settings, **(entry.get("settings") or {})}}
 
 
 def make_baseline(frame: pd.DataFrame, tolerances: dict[str, dict] | None = None) -> dict[str, Any]:
@@ -176,8 +207,11 @@ def load_baseline(path: Path) -> dict[str, Any]:
                 and (entry.get("value") is None or isinstance(entry.get("value"), (int, float)))):
             raise BaselineError(f"baseline {path}: entry {i} needs pipeline (text), metric (text), "
                                 f"params (object) and value (number or null); got {entry!r}")
-        entry["params"] = {k: canonical_value(v) for k, v in entry.get("params", {}).items()
-                           if canonical_value(v) is not None}
+        if not isinstance(entry.get("settings", {}), dict):
+            raise BaselineError(f"baseline {path}: entry {i}: settings must be an object; got {entry['settings']!r}")
+        for key in ("params", "settings"):
+            entry[key] = {k: canonical_value(v) for k, v in (entry.get(key) or {}).items()
+                          if canonical_value(v) is not None}
     return data
 
 
@@ -212,6 +246,8 @@ class Comparison:
     tolerance: float | None
     status: str
     note: str = ""
+    # run settings the two were made with that differ: name -> (baseline's, current's)
+    settings: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     @property
     def delta(self) -> float | None:
@@ -237,27 +273,77 @@ def judge(tol: Tolerance, base: float | None, cur: float | None,
     return "ok", threshold
 
 
+# ---- matching baseline entries to the current run ---------------------------------------------
+# An entry is (pipeline, metric, sweep point) measured with some run settings. The gate compares
+# value against value whatever settings either side was made with (issue 28: a baseline rewritten
+# by --update records every setting, and a changed `steps` read "4 missing, 4 new" instead of a
+# diff); the settings that differ are named beside the values. A run setting is part of the point
+# only where a run sweeps it (its value varies within one pipeline, metric and point).
+
+def _group(entry: dict[str, Any]) -> str:
+    return point_key(entry["pipeline"], entry["params"], entry["metric"])
+
+
+def _axes(*sides: Sequence[dict[str, Any]]) -> dict[str, set[str]]:
+    """Per group: the run settings that vary within it on either side (swept, so they must match)."""
+    axes: dict[str, set[str]] = {}
+    for entries in sides:
+        values: dict[str, dict[str, set[str]]] = {}
+        for entry in entries:
+            seen = values.setdefault(_group(entry), {})
+            for key in RUN_SETTINGS:
+                seen.setdefault(key, set()).add(json.dumps(entry["settings"].get(key), default=str))
+        for group, seen in values.items():
+            axes.setdefault(group, set()).update(k for k, v in seen.items() if len(v) > 1)
+    return axes
+
+
+def _settings_diff(base: dict[str, Any], cur: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Settings the baseline recorded that the current run has otherwise. A setting the baseline
+    does not record (written before it was a column) is set aside."""
+    return {k: (v, cur.get(k)) for k, v in sorted(base.items()) if cur.get(k) != v}
+
+
+def _candidates(entry: dict[str, Any], current: Sequence[dict[str, Any]], base_columns: set[str],
+                axes: set[str]) -> list[dict[str, Any]]:
+    """Current entries of the same pipeline and metric at the entry's point (point columns the
+    baseline never had, e.g. one added to the rows later, set aside), with the same value of
+    every swept setting the entry records."""
+    out = []
+    for other in current:
+        if other["pipeline"] != entry["pipeline"] or other["metric"] != entry["metric"]:
+            continue
+        point = {k: v for k, v in other["params"].items() if k in base_columns or k in entry["params"]}
+        if point != entry["params"]:
+            continue
+        if all(other["settings"].get(k) == entry["settings"][k] for k in axes if k in entry["settings"]):
+            out.append(other)
+    return out
+
+
 def compare(baseline: dict[str, Any], frame: pd.DataFrame, *, check_timing: bool = False) -> list[Comparison]:
-    current = {point_key(e["pipeline"], e["params"], e["metric"]): e for e in entries_from_frame(frame)}
+    current = [_normalise_entry(e) for e in entries_from_frame(frame)]
+    entries = [_normalise_entry(e) for e in baseline["entries"]]
+    axes = _axes(entries, current)
+    base_columns = {k for e in entries for k in e["params"]}
     specs = baseline.get("tolerances", {})
-    out, seen = [], set()
-    for entry in baseline["entries"]:
-        key = point_key(entry["pipeline"], entry["params"], entry["metric"])
-        seen.add(key)
+    out, used = [], set()
+    for entry in entries:
         tol = resolve_tolerance(entry["metric"], specs, check_timing)
         base = _num(entry.get("value"))
-        cur_entry = current.get(key)
-        if cur_entry is None:   # a baseline written before the run settings were columns of the rows
-            matched = _match_without_new_settings(entry, current)
-            if matched is not None:
-                seen.add(matched[0])
-                cur_entry = matched[1]
+        group_axes = axes.get(_group(entry), set())
+        found = [c for c in _candidates(entry, current, base_columns, group_axes) if id(c) not in used]
+        exact = [c for c in found if c["params"] == entry["params"] and c["settings"] == entry["settings"]]
+        cur_entry = exact[0] if exact else found[0] if len(found) == 1 else None
         row = Comparison(entry["pipeline"], entry["params"], entry["metric"], base,
                          None if cur_entry is None else cur_entry["value"], None, "")
         if cur_entry is None:
             row.status = "skipped" if tol.skip else "missing"
-            row.note = _near_miss(entry, current.values())
+            row.note = (f"{len(found)} current points match it; give the baseline's settings" if found
+                        else _near_miss(entry, current))
         else:
+            used.add(id(cur_entry))
+            row.params = {**entry["params"], **{k: v for k, v in cur_entry["params"].items() if k not in base_columns}}
             base_half = _num(entry["ci"]) if entry.get("ci") is not None else \
                 _half(entry.get("ci_low"), entry.get("ci_high"))
             row.status, row.tolerance = judge(tol, base, cur_entry["value"], base_half, cur_entry["ci"])
@@ -265,24 +351,13 @@ def compare(baseline: dict[str, Any], frame: pd.DataFrame, *, check_timing: bool
                 row.status = "skipped"
             if entry.get("n") is not None and cur_entry["n"] is not None and entry["n"] != cur_entry["n"]:
                 row.note = f"n {entry['n']} -> {cur_entry['n']}"
+            row.settings = _settings_diff(entry["settings"], cur_entry["settings"])
         out.append(row)
-    for key, entry in current.items():
-        if key not in seen:
+    for entry in current:
+        if id(entry) not in used:
             out.append(Comparison(entry["pipeline"], entry["params"], entry["metric"], None,
                                   entry["value"], None, "new"))
     return sorted(out, key=lambda c: (c.pipeline, point_key("", c.params, ""), metric_sort_key(c.metric)))
-
-
-def _match_without_new_settings(entry: dict[str, Any], current: dict[str, dict[str, Any]]
-                                ) -> tuple[str, dict[str, Any]] | None:
-    """(key, entry) of the one current entry with the baseline entry's pipeline, metric and point
-    once the run-setting columns the baseline does not have (RUN_SETTINGS, issue 17) are set
-    aside: a baseline from before they were row columns still gates; a setting it has still counts."""
-    want = point_key(entry["pipeline"], entry["params"], entry["metric"])
-    hits = [(key, other) for key, other in current.items()
-            if point_key(other["pipeline"], {k: v for k, v in other["params"].items()
-                                             if k not in RUN_SETTINGS or k in entry["params"]}, other["metric"]) == want]
-    return hits[0] if len(hits) == 1 else None
 
 
 def _near_miss(entry: dict[str, Any], current: Any) -> str:
@@ -297,30 +372,90 @@ def failed(comparisons: Sequence[Comparison]) -> bool:
     return any(c.status in ("regressed", "missing") for c in comparisons)
 
 
+# ---- the diff, for people ---------------------------------------------------------------------
+WIDTH = 119   # every line of the diff fits a 120-column terminal or CI log
+
+
 def _fmt(x: float | None, signed: bool = False) -> str:
     return "-" if x is None else (f"{x:+.6g}" if signed else f"{x:.6g}")
 
 
+def _short(value: Any, width: int = 40) -> str:
+    text = "(none)" if value is None else str(value)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def describe_setting(name: str, base: Any, cur: Any) -> list[str]:
+    """'steps: baseline 50, current 10'; a JSON setting (pipeline_params) key by key."""
+    try:
+        old, new = json.loads(base), json.loads(cur)
+    except (TypeError, ValueError):
+        old = new = None
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [f"{name}.{k}: baseline {_short(old.get(k))}, current {_short(new.get(k))}"
+                for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return [f"{name}: baseline {_short(base)}, current {_short(cur)}"]
+
+
+def _wrap(text: str, indent: str = "") -> list[str]:
+    return textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=indent + "    ",
+                         break_on_hyphens=False) or [indent]
+
+
 def format_diff(comparisons: Sequence[Comparison]) -> str:
-    header = ["pipeline", "point", "metric", "baseline", "current", "delta", "tolerance", "status", "note"]
-    rows = []
+    """The settings that differ (once per pipeline), then per pipeline and point a table of metric,
+    baseline, current, delta, tolerance and status; the verdict last. No line is wider than WIDTH."""
+    lines: list[str] = []
+    differing: dict[str, list[str]] = {}
+    for c in comparisons:
+        for name, (base, cur) in c.settings.items():
+            for text in describe_setting(name, base, cur):
+                if text not in differing.setdefault(c.pipeline, []):
+                    differing[c.pipeline].append(text)
+    if differing:
+        lines.append("Run settings that differ from the baseline's (the values are compared all the same):")
+        for pipeline, texts in differing.items():
+            for text in texts:
+                lines += _wrap(f"{pipeline}: {text}", "  ")
+        lines.append("")
+    header = ["metric", "baseline", "current", "delta", "tolerance", "status"]
+    groups: dict[tuple[str, str], list[list[str]]] = {}
+    notes: dict[tuple[str, str], list[str]] = {}
     for c in comparisons:
         delta = _fmt(c.delta, signed=True)
         if c.delta is not None and c.baseline:
             delta += f" ({100 * c.delta / abs(c.baseline):+.1f}%)"
-        rows.append([c.pipeline, describe_point(c.params), c.metric, _fmt(c.baseline), _fmt(c.current),
-                     delta, _fmt(c.tolerance), c.status, c.note])
+        key = (c.pipeline, describe_point(c.params))
+        groups.setdefault(key, []).append([c.metric, _fmt(c.baseline), _fmt(c.current), delta,
+                                           _fmt(c.tolerance), c.status])
+        notes.setdefault(key, []).append(c.note)
+    rows = [r for g in groups.values() for r in g]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    right = {3, 4, 5, 6}
-    lines = ["  ".join(v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
-             .rstrip() for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    right = {1, 2, 3, 4}
+
+    def line(r: list[str]) -> str:
+        return "  " + "  ".join(v.rjust(w) if i in right else v.ljust(w)
+                                for i, (v, w) in enumerate(zip(r, widths))).rstrip()
+    for (pipeline, point), group in groups.items():
+        lines += _wrap(pipeline if point == "-" else f"{pipeline} ({point})")
+        lines += [line(header), "  " + "  ".join("-" * w for w in widths)]
+        for r, note in zip(group, notes[(pipeline, point)]):
+            text = line(r)
+            if note and len(text) + 2 + len(note) <= WIDTH:
+                lines.append(f"{text}  {note}")
+            else:
+                lines.append(text)
+                if note:
+                    lines += _wrap(note, "      ")
+        lines.append("")
     counts = {s: sum(c.status == s for c in comparisons) for s in STATUSES}
     verdict = "FAIL" if failed(comparisons) else "PASS"
-    lines += ["", f"regression gate: {verdict}: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES),
-              "rule: regressed if worse than baseline by more than "
-              "max(abs, rel*|baseline|, ci_k*sqrt(ci_b^2 + ci_c^2)); timing metrics skipped "
-              "unless --check-timing"]
+    lines.append(f"regression gate: {verdict}: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES))
+    if differing:
+        lines += _wrap(f"settings differ for {', '.join(differing)} (above): rerun with the baseline's settings, "
+                       "or --update to make this run the baseline")
+    lines += ["rule: regressed if worse than baseline by more than max(abs, rel*|baseline|,",
+              "      ci_k*sqrt(ci_b^2 + ci_c^2)); timing metrics skipped unless --check-timing"]
     return "\n".join(lines) + "\n"
 
 
@@ -378,8 +513,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _write_diff_csv(path: Path, comparisons: Sequence[Comparison]) -> None:
     rows = [{"pipeline": c.pipeline, "point": describe_point(c.params), "metric": c.metric,
              "baseline": c.baseline, "current": c.current, "delta": c.delta, "tolerance": c.tolerance,
-             "status": c.status, "note": c.note} for c in comparisons]
-    columns = ["pipeline", "point", "metric", "baseline", "current", "delta", "tolerance", "status", "note"]
+             "status": c.status, "note": c.note,
+             "settings_differ": "; ".join(t for k, (b, v) in c.settings.items() for t in describe_setting(k, b, v))}
+            for c in comparisons]
+    columns = ["pipeline", "point", "metric", "baseline", "current", "delta", "tolerance", "status", "note",
+               "settings_differ"]
     atomic_write_text(path, pd.DataFrame(rows, columns=columns).to_csv(index=False, lineterminator="\n"))
 
 

@@ -21,7 +21,11 @@ CORE_COLUMNS = ("run_id", "suite", "pipeline", "family", "metric", "value", "ci_
 # The run's own settings, a column of every row they shape (bench.session.Session.row_settings); a
 # suite's sweep axis of the same name (guidance_scale, sampler, steps, ...) fills the same column.
 RUN_SETTINGS = ("checkpoint", "pipeline_params", "sampler", "steps", "eta", "thresholding", "threshold_percentile",
-                "guidance_scale", "seed", "data", "data_n", "data_root", "data_seed", "resize_mode", "reference")
+                "guidance_scale", "seed", "data", "data_n", "data_root", "data_seed", "resize_mode", "reference",
+                # what each side really was (issues 26, 29): the reference's n, the size its images reach the
+                # feature extractor at, the sizes found (counts when mixed), the resize applied; the same for
+                # samples made elsewhere
+                "data_resolution", "data_sizes", "data_resize", "samples_n", "samples_sizes", "samples_resize")
 DETAILS_COLUMN = "details"
 RESULT_FILES = ("results.csv", "results.parquet")
 

@@ -10,15 +10,21 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import replace
+import zipfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from bench.config import Config, ConfigError, DataConfig, MetricsConfig, PipelineConfig
+from bench.data import build_source
 from bench.data.config import BUNDLED_DATASETS
+from bench.data.folder import BAD_FILE_HINT as FOLDER_BAD_FILE_HINT, FolderSource
+from bench.data.npz import stored_array_layout
+from bench.data.sizes import array_sizes, folder_sizes
 from bench.data.prompts import load_prompts, shapes_prompts
 from bench.device import apply_memory_budget, resolve_device, resolve_dtype
 from bench.distributed import World, barrier, reduce_metrics, shard
@@ -40,8 +46,11 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 class Session:
     def __init__(self, cfg: Config, run_dir: Path, run_id: str,
                  job_params: Mapping[str, Any] | None = None, world: World | None = None, *,
-                 suite_n_given: bool = False) -> None:
+                 suite_n_given: bool = False, given: Sequence[str] = ()) -> None:
         self.cfg = cfg
+        # the config keys given on the command line (`data.n`, `data.resolution`): for a reference
+        # folder or npz they apply only when given; a suite's pinned data.n is for bundled data
+        self.given = frozenset(given)
         # suite.n given by the user (command line), not the suite's default: samples made
         # elsewhere are all scored unless it is
         self.suite_n_given = suite_n_given
@@ -61,6 +70,8 @@ class Session:
         self._said: set[Any] = set()
         self._pipelines: dict[str, Pipeline] = {}
         self._metric_sets: dict[tuple, Any] = {}   # loaded metric networks, by kind
+        self._references: dict[str, ReferenceSide] = {}   # the reference as measured, per data + pipeline
+        self._measured: dict[str, tuple[Pipeline, ReferenceSide]] = {}   # by pipeline name, for the manifest
 
     # -- pipelines ---------------------------------------------------------------------
     def pipeline_config(self, name: str | None = None) -> PipelineConfig:
@@ -180,12 +191,73 @@ class Session:
 
     # -- metrics -----------------------------------------------------------------------
     def data_for(self, pipe: Pipeline) -> DataConfig:
-        """The reference data at the pipeline's output resolution (bundled sources render at
-        any size; folders and npz files keep their own)."""
+        """The reference data as it is measured (`reference_side`)."""
+        return self.reference_side(pipe).data
+
+    def reference_side(self, pipe: Pipeline) -> "ReferenceSide":
+        """The reference as it is measured against `pipe`, with its real n, sizes and resize
+        (issues 26 and 29): bundled sources render at the pipeline's output resolution; a folder or
+        npz gives every file at its own size, as torch-fidelity and clean-fid do, unless `data.n` /
+        `data.resolution` were given on the command line (the smoke suite's pinned data.n=128 and
+        the folder.yaml resolution are for bundled data, not for a user's own set). A request that
+        cannot be met as asked (more files than there are, another resolution than the pipeline
+        makes) is warned once and recorded in the manifest; the rows say what was measured."""
         data = self.cfg.data
-        if data.name in BUNDLED_DATASETS and data.resolution != pipe.info.resolution:
-            data = replace(data, resolution=pipe.info.resolution)
-        return data
+        key = f"{key_of(data)} {pipe.info.resolution}"
+        if key not in self._references:
+            self._references[key] = self._resolve_reference(data, pipe)
+        self._measured[pipe.info.name] = (pipe, self._references[key])
+        return self._references[key]
+
+    def measured_inputs(self) -> dict[str, dict[str, Any]]:
+        """Per pipeline measured against a reference: both sides as measured (n, the image sizes
+        found, the resize applied), for the manifest's `inputs` (the rows carry the same columns)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, (pipe, side) in self._measured.items():
+            samples: dict[str, Any] = {"n_available": len(pipe), "sizes": pipe.image_sizes, "resize": pipe.resize} \
+                if pipe.samples_made_elsewhere else {"sizes": f"{pipe.info.resolution}x{pipe.info.resolution}",
+                                                     "resize": "none (sampled)"}
+            out[name] = {"samples": samples,
+                         "reference": {"data": side.column, "root": side.data.root, "n": side.n,
+                                       "resolution": side.data.resolution, "sizes": side.sizes, "resize": side.resize}}
+        return out
+
+    def _resolve_reference(self, data: DataConfig, pipe: Pipeline) -> "ReferenceSide":
+        res = pipe.info.resolution
+        if self.cfg.metrics.reference:   # statistics made elsewhere: their n, no images to describe
+            return ReferenceSide(data, _statistics_n(self.cfg.metrics.reference), "unknown (statistics file)",
+                                 "unknown (statistics file)", name="statistics")
+        if data.name in BUNDLED_DATASETS:
+            if data.resolution != res and "data.resolution" in self.given:
+                self.say(f"data.resolution={data.resolution} was asked, but pipeline {pipe.info.name} makes {res} px "
+                         f"images: the reference ({data.name}) is rendered at {res} px to match (column "
+                         f"data_resolution={res})", warning=True, once=("data.resolution", data.resolution, res))
+            data = replace(data, resolution=res)
+            return ReferenceSide(data, data.n, f"{res}x{res}", f"none (rendered at {res} px)")
+        if data.name not in FILE_DATASETS:
+            side = data.resolution
+            return ReferenceSide(data, data.n, f"{side}x{side}", f"none (rendered at {side} px)")
+        n_given, resolution_given = "data.n" in self.given, "data.resolution" in self.given
+        source = build_source(replace(data, n=ALL_IMAGES))   # lists every file (reads no image)
+        available = len(source)
+        n = min(data.n, available) if n_given else available
+        if isinstance(source, FolderSource):
+            where = f"reference folder {source.root} (data.root)"
+            sizes = folder_sizes(source.root, source.files[:n], skip_bad=source.skip_bad_files,
+                                 hint=FOLDER_BAD_FILE_HINT)
+        else:
+            where = f"reference npz {source.path} (data.root)"
+            sizes = array_sizes((source.total, *source.image_shape), n)
+        if n_given and data.n > available:
+            self.say(f"data.n={data.n} was asked, but the {where} holds {available} images: all {available} are used "
+                     f"(column data_n={available})", warning=True, once=("data.n", data.n, data.root))
+        resolution = data.resolution if resolution_given else sizes.own_resolution(where, "data.resolution")
+        resize = sizes.resize_note(resolution, "data.resolution")
+        if resize != "none":
+            self.say(f"{where}: images of {sizes.describe()} are center-cropped and resized to {resolution}x{resolution} "
+                     f"(data.resolution={resolution}) before the feature extractor", once=("resize", key_of(data)))
+        measured = sizes.total if source.skip_bad_files else n   # skip mode: the readable files
+        return ReferenceSide(replace(data, resolution=resolution, n=n), measured, sizes.describe(), resize)
 
     def metric_set(self, names: Sequence[str], data: DataConfig | None = None,
                    metrics: MetricsConfig | None = None):
@@ -246,13 +318,16 @@ class Session:
         sampling = pipe.sampling_details(request)   # an external model's scheduler class + config
         if sampling:
             key["sampling"] = sampling
-        return SampleStore(self.run_dir / "samples" / pipe.info.name / point_id, key)
+        # a damaged shard of a pipeline that samples is moved aside and sampled again, with a warning (issue
+        # 29); samples made elsewhere are refused instead (StoreError, exit 2): the operator decides
+        regenerate = None if pipe.samples_made_elsewhere else (lambda message: self.say(message, warning=True))
+        return SampleStore(self.run_dir / "samples" / pipe.info.name / point_id, key, on_damaged=regenerate)
 
     def evaluate(self, pipe: Pipeline, request: SampleRequest, metric_names: Sequence[str],
                  point: Mapping[str, Any] | None = None, data: DataConfig | None = None) -> list[MetricValue]:
         """Sample (through the store) and accumulate the named metrics; record rows."""
         point = dict(point or {})
-        metrics = self.metric_set(metric_names, data)
+        metrics = self.metric_set(metric_names, self.data_for(pipe) if data is None else data)   # as measured
         started = time.perf_counter()
         own = request.with_range(*shard(request.start_index, request.n, self.world))
         for batch in self.sample_stream(pipe, own, point):
@@ -276,7 +351,10 @@ class Session:
                request: SampleRequest | None = None) -> None:
         if not self.world.is_main:
             return
-        params = {**self.row_settings(pipe, request), **self.job_params, **point}
+        settings = self.row_settings(pipe, request)
+        params = {**settings, **self.job_params, **point}
+        # what was measured wins over what a multirun job asked for (issue 29: `data.n=1000` on 32 files)
+        params.update({k: settings[k] for k in MEASURED_SETTINGS if k in settings and k not in point})
         sampling = pipe.sampling_details(request) if pipe else {}
         if sampling.get("sampler"):   # the model ran its own scheduler, not the request's sampler
             params["sampler"] = sampling["sampler"]
@@ -325,8 +403,13 @@ class Session:
                     seed=request.seed if request else self.cfg.seed)
                 if source.thresholding == "dynamic":
                     settings["threshold_percentile"] = source.dynamic_threshold_percentile
-            data = self.data_for(pipe)
-            settings.update(data=data.name, data_n=data.n)
+            if pipe.samples_made_elsewhere:   # what the sample files were, and what was done to them
+                settings.update(samples_n=request.n if request else len(pipe), samples_sizes=pipe.image_sizes,
+                                samples_resize=pipe.resize)
+            side = self.reference_side(pipe)
+            data = side.data
+            settings.update(data=side.column, data_n=side.n, data_resolution=data.resolution, data_sizes=side.sizes,
+                            data_resize=side.resize)
             if data.root is not None:
                 settings["data_root"] = data.root
             if data.name in BUNDLED_DATASETS:
@@ -337,13 +420,56 @@ class Session:
         return settings
 
 
+FILE_DATASETS = ("folder", "npz")
+MEASURED_SETTINGS = ("data_n", "data_resolution", "data_sizes", "data_resize", "samples_n", "samples_sizes",
+                     "samples_resize")
+ALL_IMAGES = 2 ** 62   # DataConfig.n for "every file"
+
+
+@dataclass(frozen=True)
+class ReferenceSide:
+    """The reference as measured: the data config the metrics read (its resolution the size the
+    images reach the feature extractor at), the real n, the sizes found and the resize applied."""
+    data: DataConfig
+    n: int
+    sizes: str
+    resize: str
+    name: str = ""   # the `data` column; default the data config's name
+
+    @property
+    def column(self) -> str:
+        return self.name or self.data.name
+
+
+def _statistics_n(path: str) -> int | None:
+    """How many images a statistics npz was computed from (`n`, or the rows of an ADM reference
+    batch's `arr_0`, read from its header); None when the file does not say (or cannot be read:
+    the metric set names the file then)."""
+    try:
+        with np.load(Path(path).expanduser(), allow_pickle=False) as stats:
+            if "n" in stats.files:
+                return int(stats["n"])
+        with zipfile.ZipFile(Path(path).expanduser()) as archive:
+            members = archive.namelist()
+        if "arr_0.npy" in members:
+            layout = stored_array_layout(Path(path).expanduser(), "arr_0.npy")
+            return int(layout[1][0]) if layout is not None else None
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        return None
+    return None
+
+
+def key_of(data: DataConfig) -> str:
+    return json.dumps(vars(data), sort_keys=True, default=str)
+
+
 # Command-line keys of a multirun job -> the row column that already carries the same setting
 # (Session.row_settings), so a job's `sampler.steps=20` is the `steps` column, not a second one.
 SETTING_COLUMNS = {"sampler.name": "sampler", "sampler": "sampler", "sampler.steps": "steps", "sampler.eta": "eta",
                    "sampler.thresholding": "thresholding",
                    "sampler.dynamic_threshold_percentile": "threshold_percentile",
                    "guidance_scale": "guidance_scale", "seed": "seed", "data.name": "data", "data": "data",
-                   "data.n": "data_n", "data.root": "data_root", "data.seed": "data_seed",
+                   "data.n": "data_n", "data.resolution": "data_resolution", "data.root": "data_root", "data.seed": "data_seed",
                    "metrics.resize_mode": "resize_mode", "metrics.reference": "reference",
                    "pipeline.checkpoint": "checkpoint"}
 

@@ -6,6 +6,8 @@ Layout under `root`:
     shards/shard-000003.npz         indices [3*S, 4*S): images, indices, labels, prompts, ...
     timings/shard-000003.npz        measured per-sample stage seconds and NFE of that shard
     parts/shard-000003/p...npz      per-batch pieces (samples + timings) of an unfinished shard
+    X.npz.sha256                    beside every file above: its sha256 (`sha256sum -c` format)
+    damaged/...                     files found damaged, moved aside (same relative paths)
 
 Why it survives SIGKILL anywhere: every file appears by atomic rename (`bench.atomic`), so a
 file is either complete or absent (a kill leaves at most an ignored `*.tmp`). A shard is
@@ -16,6 +18,16 @@ byte-deterministically (fixed member order, fixed zip timestamps, no compression
 resumed run ends with shard files byte-identical to an uninterrupted run's. Wall times differ
 from run to run by nature, so they live apart, in `timings/`.
 
+Damage (a flipped bit, a truncated copy, a file that is not an npz) is found by the sha256
+written beside each file after it, checked the first time the file is used in a process (and
+again if it changes); a file without one (a store written before checksums, or a kill between
+the file's rename and its sum's) is checked by opening it: every member's zip CRC and its
+indices. A damaged file is never read: where its samples can be made again (a store opened
+with `on_damaged`, as the session does for pipelines that sample) it is moved to `damaged/`
+(a shard with its timings), `on_damaged` gets a line to warn with, and its indices count as
+missing, so they are sampled again; otherwise StoreError names the file and what to do.
+A store.json that is not a store description, or samples without a store.json, are refused.
+
 Several writers (torch.distributed ranks) may fill one store with disjoint index sets: part
 names are keyed by their smallest index, so they never collide, and finishing a shard is
 serialised with an advisory file lock (released by the OS if its holder dies).
@@ -23,20 +35,26 @@ serialised with an advisory file lock (released by the OS if its holder dies).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
 import io
 import json
+import logging
+import os
+import re
 import shutil
+import struct
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from bench.atomic import atomic_write, atomic_write_json
+from bench.atomic import TEMP_NAME, atomic_write, atomic_write_json, atomic_write_text
 from models.core.interface import SampleBatch
 from bench.data.npz import stored_array_layout
 
@@ -44,6 +62,11 @@ FORMAT = "diffbench-samples/1"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)   # the earliest zip timestamp; npz members get it, not "now"
 STAGE_OUTPUT_PREFIX = "stage_output."
 TIMING_PREFIXES = ("seconds.", "nfe.")   # measured, so never byte-identical: kept out of shards
+CHECKSUM_SUFFIX = ".sha256"
+DAMAGED_DIR = "damaged"
+SHA256_LINE = re.compile(r"^([0-9a-f]{64})  (\S.*)$")
+
+log = logging.getLogger(__name__)
 
 
 class StoreError(RuntimeError):
@@ -55,9 +78,15 @@ class StoreMismatchError(StoreError):
 
 
 # -- deterministic npz -------------------------------------------------------------------
-def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray], checksum: bool = False) -> None:
     """Atomically write an uncompressed npz whose bytes depend only on `arrays` (and numpy's
-    .npy header format): np.savez stamps members with the current time, this does not."""
+    .npy header format): np.savez stamps members with the current time, this does not.
+    `checksum`: then write its sha256 beside it (`checksum_path`). The old sum goes first, so a
+    kill between the renames leaves a file without a sum (checked by opening it), never a new
+    file with the old file's sum (which would look damaged)."""
+    sidecar = checksum_path(path)
+    if checksum:
+        sidecar.unlink(missing_ok=True)
     with atomic_write(path, "wb") as handle:
         with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
             for name, array in arrays.items():
@@ -66,6 +95,58 @@ def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_EPOCH)
                 info.external_attr = 0o644 << 16
                 archive.writestr(info, buffer.getvalue(), compress_type=zipfile.ZIP_STORED)
+    if checksum:
+        atomic_write_text(sidecar, f"{file_sha256(path)}  {path.name}\n")
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def recorded_sha256(path: Path) -> str | None:
+    """The sha256 written beside `path`; None where there is none or it is not one (a damaged
+    sum file: the npz is then checked by opening it, as an old store's)."""
+    try:
+        line = checksum_path(path).read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    match = SHA256_LINE.match(line)
+    return match.group(1) if match and match.group(2) == path.name else None
+
+
+def npz_damage(path: Path) -> str | None:
+    """What is wrong with a store file, or None: against its recorded sha256 where there is one,
+    else by opening it (every member's CRC, then a 1-D integer `indices` with one entry per row
+    of every member). FileNotFoundError passes (a concurrent writer removed it: look again);
+    other OSErrors pass too (a failing disk is not a damaged file)."""
+    expected = recorded_sha256(path)
+    if expected is not None:
+        actual = file_sha256(path)
+        return None if actual == expected else \
+            f"its sha256 {actual[:12]}... differs from the {expected[:12]}... written with it"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            members = archive.namelist()
+        if bad is not None:
+            return f"member {bad} fails its CRC check"
+        if "indices.npy" not in members:
+            return f"it has no indices (members {members})"
+        indices = read_npz(path, ["indices"])["indices"]
+        if indices.ndim != 1 or indices.dtype.kind not in "iu":
+            return f"its indices are {indices.dtype} {indices.shape}, not a 1-D integer array"
+        for member in members:
+            layout = stored_array_layout(path, member)
+            if layout is not None and (not layout[1] or layout[1][0] != indices.size):
+                return f"member {member} has shape {layout[1]} for {indices.size} indices"
+    except (zipfile.BadZipFile, ValueError, EOFError, KeyError, struct.error) as err:
+        return f"it is not a readable npz ({type(err).__name__}: {err})"
+    return None
 
 
 def read_npz(path: Path, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -158,15 +239,31 @@ class _File:
 class SampleStore:
     """Samples keyed by global index, in shards of `shard_size` consecutive indices."""
 
-    def __init__(self, root: str | Path, key: Mapping[str, Any], shard_size: int = 256) -> None:
+    def __init__(self, root: str | Path, key: Mapping[str, Any], shard_size: int = 256,
+                 on_damaged: Callable[[str], None] | None = None) -> None:
+        """`on_damaged`: the samples can be made again (the session passes it for pipelines that
+        sample); a damaged file is then moved aside and this gets a line to warn with. None: a
+        damaged file raises StoreError."""
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.root = Path(root)
         self.key = _canonical(key)
         self.shard_size = int(shard_size)
+        self.on_damaged = on_damaged
         self._index_cache: dict[Path, tuple[tuple[int, int], np.ndarray]] = {}
         self._array_cache: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
-        self._open_or_create()
+        self._verified: dict[Path, tuple[int, int, int]] = {}   # checked files, by (inode, mtime, size)
+        self._locks_held = 0
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self._lock(shared=False):   # no writer is mid-write: every temporary file is a leftover
+                self._open_or_create()
+                self._sweep_temp_files()
+        except OSError as err:   # a store on a read-only disk (an archive to export or draw from) still reads
+            if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or _read_meta(self.root) is None:
+                raise
+            self._open_or_create()
+            return
         self._remove_stale_parts()
 
     @classmethod
@@ -202,7 +299,8 @@ class SampleStore:
                 continue
             part = self._part_dir(shard) / f"p{int(indices[keep].min()):012d}.npz"
             with self._lock(shared=True):   # a finishing writer must not delete this mid-write
-                write_npz(part, {**_batch_arrays(batch, keep), **_timing_arrays(batch, keep)})
+                write_npz(part, {**_batch_arrays(batch, keep), **_timing_arrays(batch, keep)}, checksum=True)
+            self._trust(part)
             if self._shard_indices(shard).size == self.shard_size:
                 self._finish_shard(int(shard))
 
@@ -252,18 +350,33 @@ class SampleStore:
         meta = _read_meta(self.root)
         wanted = {"format": FORMAT, "key": self.key, "shard_size": self.shard_size}
         if meta is None:
+            orphans = sorted((self.root / "shards").glob("shard-*.npz")) + \
+                sorted((self.root / "parts").glob("shard-*/p*.npz"))
+            if orphans:   # what they were sampled for is unknown: reusing them could mix requests
+                raise StoreError(f"{self.root / 'store.json'} is missing, but {len(orphans)} sample file(s) are there "
+                                 f"(e.g. {orphans[0]}), so what they were made for is unknown; move {self.root} "
+                                 "aside (or delete it) and rerun: the samples are made again")
             atomic_write_json(self.root / "store.json", wanted)
             return
         if meta.get("format") != FORMAT:
             raise StoreError(f"{self.root / 'store.json'}: format {meta.get('format')!r}, expected {FORMAT!r}; "
                              "it was written by another version: move it away or sample into a new directory")
         if meta["key"] != self.key or meta["shard_size"] != self.shard_size:
+            # one line naming each differing setting with both values (issue 26: it was a 1.9 kB JSON dump)
+            stored, asked = _flat(meta), _flat(wanted)
+            shown = "; ".join(f"{k}: {_brief(stored.get(k))} stored, {_brief(asked.get(k))} asked"
+                              for k in _differing(meta, wanted)[:6])
             raise StoreMismatchError(
-                f"sample store {self.root} holds other samples than asked for:\n"
-                f"  stored: shard_size={meta['shard_size']} key={json.dumps(meta['key'], sort_keys=True)}\n"
-                f"  asked:  shard_size={self.shard_size} key={json.dumps(self.key, sort_keys=True)}\n"
-                f"  differing: {_differing(meta, wanted)}\n"
-                "Sample into a new run directory, or delete this one to start over.")
+                f"sample store {self.root} holds other samples than asked for ({shown}); sample into a new run "
+                "directory (hydra.run.dir), or add overwrite=true to replace the run there")
+
+    def _sweep_temp_files(self) -> None:
+        """Temporary files of atomic writes a killed writer left (bench.atomic names them);
+        called holding the lock exclusively, so none is being written."""
+        for path in list(self.root.glob(".*.tmp")) + list(self.root.glob("*/.*.tmp")) + \
+                list(self.root.glob("parts/*/.*.tmp")):
+            if TEMP_NAME.match(path.name) and path.parent.name != DAMAGED_DIR:
+                path.unlink(missing_ok=True)
 
     def _remove_stale_parts(self) -> None:
         """Parts whose shard file exists are leftovers of a kill while finishing it."""
@@ -288,11 +401,62 @@ class SampleStore:
                 else:
                     path = self._shard_path(shard)
                     paths = ([path] if path.exists() else []) + sorted(self._part_dir(shard).glob("p*.npz"))
-                return [_File(path, self._indices_of(path)) for path in paths]
+                return [_File(path, self._indices_of(path)) for path in paths if self._usable(path)]
             except FileNotFoundError:
                 if attempt == 4:
                     raise
         raise AssertionError("unreachable")
+
+    # -- damage ------------------------------------------------------------------------
+    def _usable(self, path: Path) -> bool:
+        """Whether a shard (with its timings) or a part is undamaged; a damaged one is moved
+        aside (or refused: StoreError). Checked once per process while the file is unchanged."""
+        timing = [self._timing_path(int(path.stem.split("-")[1]))] if path.parent.name == "shards" else []
+        for checked in [path] + [t for t in timing if t.exists()]:
+            stat = checked.stat()
+            if self._verified.get(checked) == (stat.st_ino, stat.st_mtime_ns, stat.st_size):
+                continue
+            # under the lock: another rank finishing this shard swaps file and sum, and a sum read
+            # before the swap would not match the file read after it
+            with self._lock(shared=True):
+                stat = checked.stat()
+                problem = npz_damage(checked)
+                if problem is not None:
+                    self._set_aside([path] + timing, checked, problem)
+                    return False
+            self._verified[checked] = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        return True
+
+    def _trust(self, path: Path) -> None:
+        """A file this process has just written (and summed): no need to read it back."""
+        with contextlib.suppress(FileNotFoundError):
+            stat = path.stat()
+            self._verified[path] = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+    def _set_aside(self, group: list[Path], damaged: Path, problem: str) -> None:
+        if self.on_damaged is None:
+            raise StoreError(
+                f"{damaged}: a damaged sample store file ({problem}); its samples cannot be used. Delete it (and "
+                f"{checksum_path(damaged).name} if there) and rerun the run that made it (same command and "
+                "hydra.run.dir): the missing samples are made again")
+        moved = []
+        for path in group:
+            for item in (path, checksum_path(path)):
+                target = self.root / DAMAGED_DIR / item.relative_to(self.root)
+                number = 0
+                while target.exists():   # keep every damaged copy: never overwrite evidence
+                    number += 1
+                    target = target.with_name(f"{item.name}.{number}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):   # another writer moved it first
+                    os.replace(item, target)
+                    if item is path:
+                        moved.append(target)
+            self._verified.pop(path, None)
+            self._index_cache.pop(path, None)
+        self.on_damaged(f"sample store {self.root}: {damaged.relative_to(self.root)} is damaged ({problem}); "
+                        f"moved to {', '.join(str(m) for m in moved) or DAMAGED_DIR + '/'} and its samples are made "
+                        "again (never reused)")
 
     def _indices_of(self, path: Path) -> np.ndarray:
         stat = path.stat()
@@ -319,16 +483,22 @@ class SampleStore:
         anywhere in here is repaired by doing it again (the next open does)."""
         with self._lock(shared=False):
             part_dir = self._part_dir(shard)
-            parts = [read_npz(p) for p in sorted(part_dir.glob("p*.npz"))] if part_dir.is_dir() else []
+            files = self._files(shard)   # checked: a damaged part or shard is set aside, not merged
+            parts = [read_npz(f.path) for f in files if f.path.parent == part_dir]
             if parts:
                 shard_path, timing_path = self._shard_path(shard), self._timing_path(shard)
                 samples = ([read_npz(shard_path)] if shard_path.exists() else []) + [_samples_only(p) for p in parts]
                 merged = _dedupe(_sorted_union(samples, f"shard {shard} of {self.root}"))
                 if not shard_path.exists() or not np.array_equal(read_npz(shard_path, ["indices"])["indices"],
                                                                  merged["indices"]):
-                    write_npz(shard_path, merged)
+                    write_npz(shard_path, merged, checksum=True)
+                    self._trust(shard_path)
+                elif recorded_sha256(shard_path) is None:   # a kill took its sum; it was just checked by opening
+                    atomic_write_text(checksum_path(shard_path), f"{file_sha256(shard_path)}  {shard_path.name}\n")
                 timings = ([read_npz(timing_path)] if timing_path.exists() else []) + [_timings_only(p) for p in parts]
-                write_npz(timing_path, _dedupe(_sorted_union(_fill_missing(timings), f"timings of shard {shard}")))
+                write_npz(timing_path, _dedupe(_sorted_union(_fill_missing(timings), f"timings of shard {shard}")),
+                          checksum=True)
+                self._trust(timing_path)
             shutil.rmtree(part_dir, ignore_errors=True)
             with contextlib.suppress(OSError):   # the parts folder, once no shard has parts
                 part_dir.parent.rmdir()
@@ -338,12 +508,23 @@ class SampleStore:
 
     @contextlib.contextmanager
     def _lock(self, shared: bool) -> Iterator[None]:
-        """Advisory lock on root/.lock: part writers share it, finishing a shard takes it alone."""
-        with open(self.root / ".lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        """Advisory lock on root/.lock: part writers and checkers share it, finishing a shard takes
+        it alone. Re-entrant within this object (a second flock on another descriptor of the same
+        process would wait for itself): checking files while finishing a shard holds it already."""
+        if self._locks_held:
+            self._locks_held += 1
             try:
                 yield
             finally:
+                self._locks_held -= 1
+            return
+        with open(self.root / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            self._locks_held = 1
+            try:
+                yield
+            finally:
+                self._locks_held = 0
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- reading -----------------------------------------------------------------------
@@ -428,21 +609,36 @@ def _read_meta(root: Path) -> dict[str, Any] | None:
     path = root / "store.json"
     if not path.exists():
         return None
+    again = (f"what the samples beside it were made for is unknown: move {root} aside (or delete it) and rerun, "
+             "and they are made again")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise StoreError(f"{path} is not valid JSON ({err}); delete the store directory and sample again") from None
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StoreError(f"{path}: damaged, not valid JSON ({err}); {again}") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("key"), dict) and type(meta.get("shard_size")) is int
+            and meta["shard_size"] >= 1):
+        found = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
+        raise StoreError(f"{path}: damaged, not a sample store description (needs format, key and shard_size; "
+                         f"found {found}); {again}")
+    return meta
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+def _brief(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _differing(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-    def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(obj, Mapping):
-            out: dict[str, Any] = {}
-            for k, v in obj.items():
-                out.update(flat(v, f"{prefix}{k}."))
-            return out
-        return {prefix.rstrip("."): obj}
-    a, b = flat(stored), flat(wanted)
+    a, b = _flat(stored), _flat(wanted)
     return sorted(k for k in set(a) | set(b) if k != "format" and a.get(k) != b.get(k))
 
 

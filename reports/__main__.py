@@ -3,7 +3,8 @@
                    [--plot METRIC:AXIS ...] [--pareto METRIC_X:METRIC_Y ...] [--no-plots]
 
 Merges every complete run at or below each RUN_DIR (single runs and multirun trees) into
-one sectioned report (generation quality, text alignment, reconstruction, speed), plots,
+one sectioned report (a task-named table for super-resolution, inpainting and lora_sweep rows;
+generation quality, text alignment, reconstruction, speed for the rest), plots,
 report.md and a self-contained report.html. `table=` picks one table by a spec (a preset
 from reports/presets/, or your own YAML file; schema in reports/table_spec.py) and prints
 only it, in `format=` (default: the spec's). Reads stored results only: no torch, no models.
@@ -12,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
+from bench.atomic import describe_io_error
 from reports.load import ReportError, load_runs
 from reports.plots import parse_spec
 from reports.run_report import write_report
 from reports.table_spec import format_extension, load_spec, preset_names
 from reports.tables import CI_STYLES, FORMATS
 
+DEFAULT_OUT = Path("outputs") / "diffbench-report"   # several runs: under outputs/ (git-ignored), not ./
 KEY_VALUE_OPTIONS = ("table", "format")   # Hydra-style key=value words among the RUN_DIRs
 
 
@@ -51,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "format=markdown|latex|csv|html")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default: RUN_DIR/report for one input, "
-                             "./diffbench-report for several)")
+                             "outputs/diffbench-report for several: under outputs/, which git ignores)")
     parser.add_argument("--formats", default=",".join(FORMATS),
                         help=f"comma-separated table formats out of {','.join(FORMATS)} (default: all)")
     parser.add_argument("--plot", action="extend", nargs="+", default=None, metavar="METRIC:AXIS",
@@ -91,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         frame, run_dirs = load_runs(args.run_dirs)
         out = args.out
         if out is None:
-            out = Path(args.run_dirs[0]) / "report" if len(args.run_dirs) == 1 else Path("diffbench-report")
+            out = Path(args.run_dirs[0]) / "report" if len(args.run_dirs) == 1 else DEFAULT_OUT
         if not args.quiet:
             print(f"{len(run_dirs)} run(s), {len(frame)} rows", file=sys.stderr)
         write_report(out, frame, formats=formats, plots=plots, paretos=paretos, title=args.title,
@@ -99,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                      grid_runs=run_dirs, grid_k=args.grid_k, spec=spec, spec_format=spec_format)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, zipfile.BadZipFile) as err:   # a full disk, a damaged file: one line naming it (issue 29)
+        print(f"error: {describe_io_error(err)}", file=sys.stderr)
         return 2
     return 0
 

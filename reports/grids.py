@@ -7,6 +7,11 @@ bench.store), with numpy only: no torch, no model, nothing re-sampled. Samples m
 a run made with store_samples=false reads them from the path its manifest records.
 Drawn with matplotlib (Agg, no pyplot state), nearest-neighbour upscaling (a 32 px sample stays
 sharp), fixed metadata: the same store gives the same bytes.
+
+Read at a glance (issue 28): a class label is captioned with its class name (the checkpoint's
+config.json `class_names`, else the run's bundled data set's), an adapter and its scale are in the
+title (the rows' `pipeline_params`), and every grid of one report has the same size (the same
+columns, cell size and rows; a store with fewer samples leaves cells empty), so the page is not ragged.
 """
 from __future__ import annotations
 
@@ -15,11 +20,15 @@ import logging
 import math
 import re
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
+
+from bench.atomic import atomic_savefig
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +61,33 @@ def first_samples(store: Path, k: int) -> dict[str, Any]:
     return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
-def caption(samples: dict[str, Any], i: int, width: int) -> str:
+def caption(samples: dict[str, Any], i: int, width: int, class_names: Sequence[str] | None = None) -> str:
     if "prompts" in samples:
         return "\n".join(textwrap.wrap(str(samples["prompts"][i]), width)[:3])
     if "labels" in samples:
-        return f"class {int(samples['labels'][i])}"
+        label = int(samples["labels"][i])
+        return str(class_names[label]) if class_names and 0 <= label < len(class_names) else f"class {label}"
     return f"#{int(samples['indices'][i])}"
+
+
+COLUMNS = 8              # samples per grid row, in every grid
+CELL = (1.3, 1.55)       # inches per sample: image + a one-line caption
+TEXT_CELL = (1.9, 2.55)  # ... + a three-line prompt
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One grid geometry for every grid of a report."""
+    cols: int
+    rows: int
+    cell: tuple[float, float]
+    texts: bool
+
+    @classmethod
+    def fitting(cls, counts: Sequence[int], texts: bool) -> "Layout":
+        most = max([1, *counts])
+        cols = min(COLUMNS, most)
+        return cls(cols, math.ceil(most / cols), TEXT_CELL if texts else CELL, texts)
 
 
 def grid_name(pipeline: str, point: str) -> str:
@@ -65,16 +95,18 @@ def grid_name(pipeline: str, point: str) -> str:
     return f"{safe(pipeline)}.png" if point in ("", "default") else f"{safe(pipeline)}__{safe(point)}.png"
 
 
-def draw_grid(samples: dict[str, Any], title: str, path: Path) -> Path:
-    """A grid of the samples with captions under each; columns = ceil(sqrt(K)), at most 8."""
+def draw_grid(samples: dict[str, Any], title: str, path: Path, layout: Layout | None = None,
+              class_names: Sequence[str] | None = None) -> Path:
+    """A grid of the samples with captions under each, in `layout` (default: fitted to these
+    samples); the figure size depends on the layout only."""
     images = samples["images"]
     n = len(images)
-    cols = min(8, max(1, math.ceil(math.sqrt(n))))
-    rows = math.ceil(n / cols)
     texts = "prompts" in samples
-    cell_w, cell_h = (1.9, 2.55) if texts else (1.3, 1.55)
-    fig = Figure(figsize=(cols * cell_w, rows * cell_h + 0.5))
-    for i in range(n):
+    layout = layout or Layout.fitting([n], texts)
+    cols, rows = layout.cols, layout.rows
+    cell_w, cell_h = layout.cell
+    fig = Figure(figsize=(cols * cell_w, rows * cell_h + 0.6))
+    for i in range(min(n, cols * rows)):
         ax = fig.add_subplot(rows, cols, i + 1)
         image = np.transpose(images[i], (1, 2, 0))
         grey = image.shape[-1] == 1
@@ -82,11 +114,14 @@ def draw_grid(samples: dict[str, Any], title: str, path: Path) -> Path:
                   interpolation="nearest", vmin=0, vmax=255)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_xlabel(caption(samples, i, 26), fontsize=6.5 if texts else 8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        ax.set_xlabel(caption(samples, i, 26, class_names), fontsize=6.5 if texts else 8)
+    width = max(40, int(cols * cell_w * 11))   # characters of a 10 pt title across the figure
+    fig.suptitle("\n".join(textwrap.wrap(title, width)[:2]), fontsize=10)
+    # fixed margins, not tight_layout: a grid's size and cell positions depend on the layout alone
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=(0.45 if texts else 0.25) / (rows * cell_h + 0.6),
+                        top=1 - 0.55 / (rows * cell_h + 0.6), wspace=0.08, hspace=0.45 if texts else 0.25)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, **_SAVE)
+    atomic_savefig(fig, path, **_SAVE)   # no half-written image; a failed write names the file
     return Path(path)
 
 
@@ -128,46 +163,111 @@ def external_samples(run_dir: Path, k: int) -> tuple[str, dict[str, Any]] | None
 
 
 def write_grids(run_dirs: Sequence[Path] | Path, out_dir: Path, k: int = DEFAULT_K) -> list[Path]:
-    """One grid per stored (pipeline, point) of each run, under out_dir/grids/. With several runs,
-    a grid name that repeats gets the run directory's name prefixed. Returns the PNG paths."""
+    """One grid per stored (pipeline, point) of each run, under out_dir/grids/, all in one layout.
+    With several runs, a grid name that repeats gets the run directory's name prefixed. Returns
+    the PNG paths."""
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [Path(run_dirs)]
     if k < 1:
         raise ValueError(f"grid size k must be >= 1, got {k}")
-    jobs = []   # (run, grid name, title, how to read the samples)
+    jobs = []   # (run, grid name, samples, title, class names)
     for run in map(Path, run_dirs):
+        facts, data_names = pipeline_facts(run)
         stores = find_stores(run)
         for store in stores:
-            jobs.append((run, grid_name(store.parent.name, store.name), store))
+            samples = first_samples(store, k)
+            if not len(samples.get("images", ())):
+                log.warning("%s holds no finished shard; no grid for it", store)
+                continue
+            fact = facts.get(store.parent.name, {})
+            jobs.append((run, grid_name(store.parent.name, store.name), samples,
+                         _title(store, len(samples["images"]), fact), fact.get("class_names") or data_names))
         if not stores:
             external = external_samples(run, k)
-            if external is not None:
-                jobs.append((run, grid_name(external[0], ""), external))
-    names = [name for _, name, _ in jobs]
+            if external is not None and len(external[1].get("images", ())):
+                pipeline, samples = external
+                title = f"{pipeline}: first {len(samples['images'])} samples (external, read from its path)"
+                jobs.append((run, grid_name(pipeline, ""), samples, title, None))
+    layout = Layout.fitting([len(job[2]["images"]) for job in jobs], any("prompts" in job[2] for job in jobs))
+    names = [job[1] for job in jobs]
     written = []
-    for run, name, source in jobs:
+    for run, name, samples, title, class_names in jobs:
         if names.count(name) > 1:
             name = f"{re.sub(r'[^A-Za-z0-9_.=-]+', '-', run.name)}__{name}"
-        if isinstance(source, Path):
-            samples = first_samples(source, k)
-            title = _title(source, len(samples.get("images", ())))
-        else:
-            pipeline, samples = source
-            title = f"{pipeline}: first {len(samples['images'])} samples (external, read from its path)"
-        if not len(samples.get("images", ())):
-            log.warning("%s holds no finished shard; no grid for it", source)
-            continue
-        written.append(draw_grid(samples, title, Path(out_dir) / GRID_DIR / name))
+        written.append(draw_grid(samples, title, Path(out_dir) / GRID_DIR / name, layout, class_names))
     return written
 
 
-def _title(store: Path, shown: int) -> str:
-    """'<pipeline> (<point>): first K samples, seed S' from the store's key."""
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        key = json.loads((store / "store.json").read_text(encoding="utf-8")).get("key", {})
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        key = {}
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def pipeline_facts(run: Path) -> tuple[dict[str, dict[str, Any]], list[str] | None]:
+    """Per pipeline of a run, under the name its sample store is filed by (`info.name`, the
+    manifest's checkpoint `label`): `class_names` (what a label means: its checkpoint's) and, for
+    an adapted pipeline, `adapter` and `adapter_scale`; and the class names of the run's data set
+    (for pipelines whose checkpoint names none)."""
+    manifest = _read_json(Path(run) / "manifest.json")
+    config = manifest.get("config") or {}
+    facts: dict[str, dict[str, Any]] = {}
+    labels: dict[str, str] = {}
+    for name, entry in (manifest.get("checkpoints") or {}).items():
+        entry = entry if isinstance(entry, dict) else {}
+        labels[name] = str(entry.get("label") or name)
+        names = _read_json(Path(str(entry["checkpoint"])) / "config.json").get("class_names") \
+            if entry.get("checkpoint") else None
+        if isinstance(names, list) and names:
+            facts.setdefault(labels[name], {})["class_names"] = [str(n) for n in names]
+    data_names = _data_class_names(config)
+    for pipeline, params in _row_pipeline_params(Path(run)):
+        fact = facts.setdefault(labels.get(pipeline, pipeline), {})
+        if params.get("adapter"):
+            fact["adapter"] = str(params["adapter"])
+            fact["adapter_scale"] = params.get("adapter_scale", 1.0)
+    return facts, data_names
+
+
+def _row_pipeline_params(run: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(pipeline, its params) for each distinct pair in the run's results.csv."""
+    try:
+        frame = pd.read_csv(run / "results.csv", usecols=lambda c: c in ("pipeline", "pipeline_params"))
+    except (OSError, ValueError):
+        return []
+    if "pipeline_params" not in frame.columns:
+        return []
+    out = []
+    for pipeline, text in frame.drop_duplicates().itertuples(index=False):
+        try:
+            params = json.loads(text) if isinstance(text, str) else {}
+        except ValueError:
+            params = {}
+        if isinstance(params, dict):
+            out.append((str(pipeline), params))
+    return out
+
+
+def _data_class_names(config: dict[str, Any]) -> list[str] | None:
+    """The class names of the run's data set where it is a bundled one that has classes (shapes:
+    bench.data.shapes.KINDS), for checkpoints whose config does not name them."""
+    data = config.get("data") or {}
+    if not isinstance(data, dict) or data.get("name") != "shapes":
+        return None
+    from bench.data.shapes import KINDS   # only here: it imports torch, which a grid otherwise never needs
+    return list(KINDS)
+
+
+def _title(store: Path, shown: int, fact: dict[str, Any] | None = None) -> str:
+    """'<pipeline> + adapter <name> (scale s) (<point>): first K samples, seed S' from the store's key."""
+    key = _read_json(store / "store.json").get("key", {})
     point = ", ".join(f"{a}={b}" for a, b in sorted((key.get("point") or {}).items()))
     seed = (key.get("request") or {}).get("seed")
+    fact = fact or {}
+    scale = 1.0 if fact.get("adapter_scale") is None else fact["adapter_scale"]
+    adapter = f" + adapter {fact['adapter']} (scale {scale})" if fact.get("adapter") else ""
     where = f" ({point})" if point else ""
-    return f"{store.parent.name}{where}: first {shown} samples" + (f", seed {seed}" if seed is not None else "")
+    return (f"{store.parent.name}{adapter}{where}: first {shown} samples"
+            + (f", seed {seed}" if seed is not None else ""))

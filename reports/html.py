@@ -1,5 +1,7 @@
 """report.html: one self-contained page per report (no file beside it is needed, nothing is
-fetched): the section tables (click a header to sort; a few lines of inline JavaScript), any
+fetched): the section tables (click a header to sort; a few lines of inline JavaScript; each in a
+box that scrolls sideways rather than running off the page, headers that wrap), the "Intervals"
+notes of report.md, any
 table-spec tables, the sample grids (grids/*.png) and plots (plots/*.png) of the output
 directory embedded as base64 data URIs, and each run's provenance from its manifest (git
 commit, package versions, device, weights with sha256, checkpoints).
@@ -14,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from bench.atomic import atomic_write_text
 from reports.sections import SectionTable
-from reports.tables import Pivot, html_table
+from reports.tables import TABLE_STYLE, Pivot, html_table
 
 IMAGE_DIRS = ("grids", "plots")   # written into the output directory by reports.grids / reports.plots
 PACKAGES_SHOWN = ("torch", "torchvision", "numpy", "diffusers", "transformers", "open_clip_torch", "torchmetrics",
@@ -27,7 +29,8 @@ h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2e
 table { border-collapse: collapse; margin: .6em 0; font-size: .92em; }
 th, td { padding: .3em .7em; border-bottom: 1px solid #e2e2e2; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-th { background: #f3f3f5; cursor: pointer; user-select: none; white-space: nowrap; }
+th { background: #f3f3f5; cursor: pointer; user-select: none; }
+table.provenance td { overflow-wrap: anywhere; } pre { overflow-x: auto; max-width: 100%; }
 th[aria-sort="ascending"]::after { content: " \\25B2"; } th[aria-sort="descending"]::after { content: " \\25BC"; }
 tbody tr:hover { background: #fafafc; }
 p.caption { color: #444; } ul.notes { color: #666; font-size: .88em; }
@@ -63,6 +66,9 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
   });
 });
 """
+
+
+STYLE += TABLE_STYLE   # the results tables' box (scrolls inside itself, never off-page), italics, rules
 
 
 def data_uri(path: Path) -> str:
@@ -147,7 +153,8 @@ def _kv_table(title: str, values: Mapping[str, Any], code: bool = False) -> str:
 
 def html_report(title: str, summary: Sequence[str], sections: Sequence[SectionTable],
                 spec_tables: Sequence[tuple[str, Pivot]], out_dir: Path,
-                manifests: Mapping[str, Mapping[str, Any]]) -> str:
+                manifests: Mapping[str, Mapping[str, Any]], interval_notes: Sequence[str] = ()) -> str:
+    """interval_notes: which uncertainty each metric's interval is (report.md's "Intervals")."""
     body = [f"<h1>{html.escape(title)}</h1>"]
     body += [f"<p>{html.escape(line)}</p>" for line in summary]
     for heading, pivot in spec_tables:
@@ -156,6 +163,9 @@ def html_report(title: str, summary: Sequence[str], sections: Sequence[SectionTa
         body.append(pivot_block(table.pivot, table.title))
     if not sections and not spec_tables:
         body.append("<p>No result rows.</p>")
+    if interval_notes:
+        body.append('<p class="caption">Intervals:</p>\n<ul class="notes">'
+                    + "".join(f"<li>{html.escape(n)}</li>" for n in interval_notes) + "</ul>")
     grids, plots = images(out_dir, "grids"), images(out_dir, "plots")
     if grids:
         body += ["<h2>Samples</h2>", figures(grids)]
@@ -170,9 +180,11 @@ def html_report(title: str, summary: Sequence[str], sections: Sequence[SectionTa
 
 def write_html_report(out_dir: Path, title: str, summary: Sequence[str], sections: Sequence[SectionTable],
                       spec_tables: Sequence[tuple[str, Pivot]] = (),
-                      manifests: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+                      manifests: Mapping[str, Mapping[str, Any]] | None = None,
+                      interval_notes: Sequence[str] = ()) -> Path:
     path = Path(out_dir) / "report.html"
-    atomic_write_text(path, html_report(title, summary, sections, spec_tables, out_dir, manifests or {}))
+    atomic_write_text(path, html_report(title, summary, sections, spec_tables, out_dir, manifests or {},
+                                        interval_notes))
     return path
 
 

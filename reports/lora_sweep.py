@@ -3,10 +3,14 @@
     python -m reports.lora_sweep RUN_DIR      -> RUN_DIR/lora_sweep.md, lora_sweep.csv,
                                                  RUN_DIR/plots/lora_fidelity_vs_forgetting.png
 
-One row per point (variant, rank, targets; base and full fine-tuning included): trainable parameters,
-adapter bytes, training s/step and memory, concept fidelity (CLIP-I, CLIP-T), prior FID / CLIP score and
-their drift from the base model (forgetting), s/image unmerged and merged. The plot puts concept
-fidelity (CLIP-I) against forgetting (FID drift), marker area proportional to trainable parameters.
+The table is the `lora_sweep` preset (reports/presets/lora_sweep.yaml), made and formatted like
+every other table (reports.table_spec; the same table heads the sectioned report of a lora_sweep
+run): one row per point (variant, targets, rank; base and full fine-tuning set apart in italics),
+trainable parameters, concept fidelity (CLIP-I, CLIP-T), prior FID / CLIP score and their drift from
+the base model (forgetting); printed to fit 120 columns. lora_sweep.csv: the same rows as numbers,
+with adapter bytes, training cost and s/image unmerged and merged (`lora_table`). The plot puts
+concept fidelity (CLIP-I) against forgetting (FID drift), marker area proportional to trainable
+parameters.
 """
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.results import read_results  # noqa: E402
+from bench.atomic import atomic_write_text  # noqa: E402
+from reports.load import ReportError, normalise  # noqa: E402
+from reports.sections import fit_table  # noqa: E402
+from reports.table_spec import build_spec_table, load_spec, render  # noqa: E402
 
 POINT = ["variant", "rank", "targets"]
 COLUMNS = ["trainable_parameters", "adapter_bytes", "train_s_per_step", "train_state_mib", "train_peak_memory_mib",
@@ -71,13 +79,20 @@ def plot_fidelity_vs_forgetting(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def write(run_dir: Path) -> dict[str, Path]:
+def write(run_dir: Path, quiet: bool = False) -> dict[str, Path]:
+    """lora_sweep.md (the preset's table, as the reports write tables), lora_sweep.csv (every
+    metric per point, numbers) and the plot; prints the table (fitted to 120 columns) unless quiet."""
     run_dir = Path(run_dir)
-    table = lora_table(read_results(run_dir))
+    frame = read_results(run_dir)
+    table = lora_table(frame)
+    spec = load_spec("lora_sweep")
+    pivot = build_spec_table(normalise(frame), spec)
     md, csv = run_dir / "lora_sweep.md", run_dir / "lora_sweep.csv"
-    md.write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
-    table.to_csv(csv, index=False)
+    atomic_write_text(md, render(pivot, "md", spec.title))
+    atomic_write_text(csv, table.to_csv(index=False, lineterminator="\n"))
     plot = plot_fidelity_vs_forgetting(table, run_dir / "plots" / "lora_fidelity_vs_forgetting.png")
+    if not quiet:
+        print(f"== {spec.title} ==\n" + fit_table(pivot), end="")
     return {"table": md, "csv": csv, "plot": plot}
 
 
@@ -88,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         out = write(Path(args[0]))
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ReportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for kind, path in out.items():

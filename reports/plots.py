@@ -13,7 +13,11 @@
 
 A line plot needs an axis with at least two numeric values and a series (a pipeline at fixed
 other settings) that has two points on it: one point per series on a categorical axis answers
-nothing a bar chart does not answer better.
+nothing a bar chart does not answer better. A metric that is the same at every point (a one-stage
+pipeline's stage_share = 1.0) or repeats another (nfe_per_image[base] = nfe_per_image) gets no
+plot; a Pareto plot needs MIN_PARETO_POINTS points (with two, "one beats the other" is a table's
+job); an overview needs a metric with two or more bars. Axes and titles use the metric registry's
+labels and units ("FID", "images/s"), never raw keys.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
+from bench.atomic import atomic_savefig
 from bench.results import param_columns
 from reports.load import ReportError, normalise
 from reports.metric_kinds import EITHER, LOWER, is_better, metric_kind, metric_sort_key
@@ -42,7 +47,7 @@ def _save(fig: Any, ax: Any, path: str | Path) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, **_SAVE)
+    atomic_savefig(fig, path, **_SAVE)   # no half-written image; a failed write names the file
     return Path(path)
 
 
@@ -65,6 +70,46 @@ def varying_axes(frame: pd.DataFrame) -> list[str]:
 # Suite-specific Pareto figures added to the automatic set (x, y): LDM's FID-vs-throughput
 # trade-off over f (Rombach et al. 2022, Fig. 7).
 SUITE_PARETOS: dict[str, list[tuple[str, str]]] = {"f_sweep": [("images_per_s", "fid")]}
+
+
+# A Pareto front over fewer points says no more than the table does (issue 28: the smoke run's two).
+MIN_PARETO_POINTS = 3
+# How a sweep axis reads on a plot; other columns read as their name with spaces.
+AXIS_LABELS = {"steps": "sampling steps", "guidance_scale": "guidance scale", "f": "downsampling factor f",
+               "eta": "DDIM eta", "data_n": "reference images", "factor": "upscaling factor",
+               "mask_ratio": "mask area ratio", "rank": "adapter rank", "adapter_scale": "adapter scale",
+               "noise_aug": "noise augmentation level", "pipeline": "pipeline"}
+
+
+def axis_label(axis: str) -> str:
+    return AXIS_LABELS.get(axis, str(axis).replace("_", " ").replace(".", " "))
+
+
+def metric_label(metric: str) -> str:
+    """The registry's label, with the model or stage a bracket names: 'stage share (base)', 'FID'."""
+    kind = metric_kind(metric)
+    bracket = re.search(r"\[(.+)\]$", str(metric))
+    base = kind.label if kind.label != kind.name else kind.name.replace("_", " ")
+    return f"{base} ({bracket.group(1)})" if bracket else base
+
+
+def _flat(values: Sequence[float]) -> bool:
+    """All finite values equal (or fewer than two): a line or bars that say one number."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return len(finite) < 2 or max(finite) - min(finite) <= 1e-9 * max(1.0, max(abs(v) for v in finite))
+
+
+def _repeats_total(frame: pd.DataFrame, metric: str) -> bool:
+    """A per-stage row (`x[stage]`) equal to its total `x` at every point: a one-stage pipeline."""
+    match = re.fullmatch(r"(nfe_per_image|stage_s_per_image)\[.+\]", metric)
+    if not match:
+        return False
+    total = "s_per_image" if match.group(1) == "stage_s_per_image" else match.group(1)
+    keys = ["run_id", "pipeline", *param_columns(frame)]
+    mine = frame[frame["metric"] == metric].set_index(keys)["value"]
+    theirs = frame[frame["metric"] == total].set_index(keys)["value"]
+    both = mine.index.intersection(theirs.index)
+    return len(both) == len(mine) and bool(((mine[both] - theirs[both]).abs() <= 1e-9 * theirs[both].abs()).all())
 
 
 # Metrics compared model by model in a bar chart when no numeric sweep already plots them.
@@ -90,7 +135,8 @@ def line_plot_wanted(frame: pd.DataFrame, metric: str, axis: str) -> bool:
     this metric and some series has 2+ points on it."""
     sub = frame[(frame["metric"] == metric) & frame[axis].notna()]
     return (not sub.empty and is_numeric(list(sub[axis])) and sub[axis].astype(str).nunique() > 1
-            and _series_have_a_line(sub, axis))
+            and _series_have_a_line(sub, axis) and not _flat(list(sub["value"]))
+            and not _repeats_total(frame, metric))
 
 
 def auto_specs(frame: pd.DataFrame) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -105,7 +151,7 @@ def auto_specs(frame: pd.DataFrame) -> tuple[list[tuple[str, str]], list[tuple[s
     for suite in sorted({s for s in frame["suite"] if s}):
         paretos += [(x, y) for x, y in SUITE_PARETOS.get(suite, [])
                     if x in metrics and y in metrics and (x, y) not in paretos]
-    paretos = [(x, y) for x, y in paretos if len(_paired(frame, x, y)) >= 2]
+    paretos = [(x, y) for x, y in paretos if len(_paired(frame, x, y)) >= MIN_PARETO_POINTS]
     return plots, paretos
 
 
@@ -134,9 +180,12 @@ def _check_metric(frame: pd.DataFrame, metric: str) -> None:
 
 
 def _label(metric: str, unit: str = "") -> str:
+    """An axis label: 'PSNR (dB), higher is better'."""
     direction = metric_kind(metric).direction
-    hint = "" if direction == EITHER else f" ({direction} is better)"
-    return f"{metric}{f' [{unit}]' if unit else ''}{hint}"
+    label = metric_label(metric)
+    hint = "" if direction == EITHER else f", {direction} is better"
+    same = unit in label or unit.replace("img", "images") in label   # "images/s (img/s)" says it twice
+    return f"{label}{f' ({unit})' if unit and not same else ''}{hint}"
 
 
 def _unit(frame: pd.DataFrame, metric: str) -> str:
@@ -209,11 +258,11 @@ def plot_bars(frame: pd.DataFrame, metric: str, path: Path, axis: str = "pipelin
     ax.xaxis.set_major_locator(MaxNLocator(6))
     ax.set_xlabel(_label(metric, _unit(sub, metric)))
     ci = "; error bars: the stored CI" if has_ci else ""
-    ax.set_title(f"{metric} by {axis}{ci}", fontsize=10)
+    ax.set_title(f"{metric_label(metric)} by {axis_label(axis)}{ci}", fontsize=10)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, **_SAVE)
+    atomic_savefig(fig, path, **_SAVE)   # no half-written image; a failed write names the file
     return Path(path)
 
 
@@ -224,8 +273,8 @@ def _stage_of(metric: str, prefix: str) -> str | None:
 
 def stage_time_wanted(frame: pd.DataFrame) -> bool:
     """Per-stage timings exist for at least one pipeline, and s/image for two bars or more."""
-    frame = normalise(frame)
-    return (any(_stage_of(m, "stage_s_per_image") for m in set(frame["metric"]))
+    frame = normalise(frame)   # a stage that is the whole time of its pipeline splits nothing
+    return (any(_stage_of(m, "stage_s_per_image") and not _repeats_total(frame, m) for m in set(frame["metric"]))
             and (frame["metric"] == "s_per_image").sum() >= 2)
 
 
@@ -284,7 +333,7 @@ def plot_stage_times(frame: pd.DataFrame, path: Path) -> Path:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="stage", title_fontsize=7)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, **_SAVE)
+    atomic_savefig(fig, path, **_SAVE)   # no half-written image; a failed write names the file
     return Path(path)
 
 
@@ -322,9 +371,9 @@ def plot_metric_vs_axis(frame: pd.DataFrame, metric: str, axis: str, path: Path)
         if len(categories) <= 12:  # tick exactly the swept values, spelled as in the table
             ax.set_xticks(categories, [str(v) for v in categories])
     _readable_xticks(ax)
-    ax.set_xlabel(axis)
+    ax.set_xlabel(axis_label(axis))
     ax.set_ylabel(_label(metric, _unit(sub, metric)))
-    ax.set_title(f"{metric} vs {axis}")
+    ax.set_title(f"{metric_label(metric)} vs {axis_label(axis)}")
     return _save(fig, ax, path)
 
 
@@ -395,8 +444,8 @@ def plot_pareto(frame: pd.DataFrame, metric_x: str, metric_y: str, path: Path) -
     ax.set_xlabel(_label(metric_x, _unit(frame, metric_x)))
     ax.set_ylabel(_label(metric_y, _unit(frame, metric_y)))
     best = f"best: {'left' if dir_x == LOWER else 'right'}, {'bottom' if dir_y == LOWER else 'top'}"
-    labels = f"; labels: {', '.join(label_axes)}" if label_axes else ""
-    ax.set_title(f"{metric_y} vs {metric_x} ({best}{labels})", fontsize=10)
+    labels = f"; labels: {', '.join(axis_label(a) for a in label_axes)}" if label_axes else ""
+    ax.set_title(f"{metric_label(metric_y)} vs {metric_label(metric_x)} ({best}{labels})", fontsize=10)
     return _save(fig, ax, path)
 
 
@@ -405,7 +454,11 @@ def plot_overview(frame: pd.DataFrame, path: Path) -> Path:
     frame = normalise(frame)
     if frame.empty:
         raise ReportError("no result rows to plot")
-    metrics = sorted(set(frame["metric"]), key=metric_sort_key)
+    # per-stage rows are the stacked time plot's; a metric of one value says nothing a table does not
+    metrics = [m for m in sorted(set(frame["metric"]), key=metric_sort_key)
+               if (frame["metric"] == m).sum() >= 2 and not re.fullmatch(r"(stage_\w+|nfe_per_image)\[.+\]", m)]
+    if not metrics:
+        raise ReportError("no metric has two or more values to compare; the table says it all")
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
     panels = {metric: _bar_frame(frame, metric, "pipeline") for metric in metrics}
@@ -423,7 +476,7 @@ def plot_overview(frame: pd.DataFrame, path: Path) -> Path:
         ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, **_SAVE)
+    atomic_savefig(fig, path, **_SAVE)   # no half-written image; a failed write names the file
     return Path(path)
 
 
@@ -440,7 +493,8 @@ def write_plots(frame: pd.DataFrame, out_dir: Path, plots: Sequence[tuple[str, s
         plots, paretos = auto_specs(frame)
         bars, stage_plot = auto_bars(frame, plots), stage_time_wanted(frame)
         if not plots and not paretos and not frame.empty:   # the overview holds the per-model bars then
-            written.append(plot_overview(frame, out_dir / "overview.png"))
+            if frame["metric"].value_counts().max() >= 2:   # one bar per panel would only repeat the table
+                written.append(plot_overview(frame, out_dir / "overview.png"))
             bars = []
     for metric, axis in plots or []:
         kind = "vs" if axis in param_columns(frame) and is_numeric(list(frame[axis].dropna())) else "by"

@@ -15,8 +15,8 @@ from reports.plots import write_plots
 from reports.uncertainty import ci_footnotes
 from reports.tables import FORMATS, build_pivot, write_tables
 from reports.html import read_manifests, write_html_report
-from reports.sections import build_sections, sections_markdown, terminal_text, write_section_tables
-from reports.table_spec import TableSpec, build_spec_table, render
+from reports.sections import sections_markdown, terminal_text, write_section_tables
+from reports.table_spec import TableSpec, build_spec_table, render, report_sections
 
 PLOT_DIR = "plots"
 
@@ -38,7 +38,7 @@ def write_report(out_dir: Path, frame: pd.DataFrame, *, formats: Sequence[str] =
     out_dir = Path(out_dir)
     frame = normalise(frame)
     pivot = build_pivot(frame, ci_style)
-    sections = build_sections(frame, ci_style)
+    sections = report_sections(frame, ci_style)   # task-named tables for image-to-image / LoRA rows, then the rest
     spec_table = build_spec_table(frame, spec) if spec is not None else None   # a bad spec: nothing written
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = write_tables(pivot, out_dir, [f for f in formats if f == "csv"], title=title) if formats else []
@@ -78,11 +78,14 @@ def write_report(out_dir: Path, frame: pd.DataFrame, *, formats: Sequence[str] =
     summary = [line.rstrip() for line in lines[2:] if line.startswith(("Runs:", "Suites:", "Rows:"))]
     page = write_html_report(out_dir, title, summary, sections,
                              [(spec.title or spec.name, spec_table)] if spec_table is not None else [],
-                             read_manifests(grid_runs) if manifests is None else manifests)
-    if spec_text:   # the table asked for, alone on stdout (ready to paste); where the files went on stderr
+                             read_manifests(grid_runs) if manifests is None else manifests,
+                             interval_notes=notes)   # the same "Intervals" notes as report.md
+    if quiet:   # --quiet: nothing on the terminal (issue 28: it still printed the table)
+        pass
+    elif spec_text:   # the table asked for, alone on stdout (ready to paste); where the files went on stderr
         print(spec_text, end="", file=sys.stdout)
         print(f"report: {report}, {page.name}", file=sys.stderr)
-    elif not quiet:
+    else:
         print(terminal_text(sections) if sections else "No result rows.", file=sys.stdout)
         print(f"report: {report}, {page.name}" + (f" ({len(pngs)} plot(s) in {out_dir / PLOT_DIR})" if pngs else ""))
     return report

@@ -17,6 +17,7 @@ and table.csv. Pure functions of the rows.
 from __future__ import annotations
 
 import html
+import json
 import re
 import textwrap
 from dataclasses import dataclass
@@ -26,11 +27,13 @@ from typing import Any, Sequence
 import pandas as pd
 
 from bench.atomic import atomic_write_text
+from bench.metrics.feature_spaces import space_names
 from bench.results import param_columns
 from reports.load import canonical_value, normalise
 from reports.metric_kinds import metric_kind, metric_sort_key
-from reports.tables import (PLAIN, Pivot, build_pivot, framed, display_frame, format_number, html_table, mark_best,
-                            sort_key, text_flags, to_latex, to_markdown)
+from reports.tables import (PLAIN, ROLE_COLUMN, TABLE_STYLE, Pivot, apply_groups, build_pivot, column_names,
+                            framed, display_frame, format_number, html_table, mark_best, sort_key, text_flags, to_latex,
+                            to_markdown)
 
 TERMINAL_WIDTH = 120
 STAGE_SHARE = "stage_share"
@@ -46,7 +49,7 @@ class Section:
 
 
 SECTIONS = (
-    Section("generation", "Generation quality", ("fid", "kid", "precision", "recall", "inception_score")),
+    Section("generation", "Generation quality", ("fid", "fd", "kid", "cmmd", "precision", "recall", "inception_score")),
     Section("text", "Text alignment", ("clip_score",)),
     Section("reconstruction", "Reconstruction", ("rfid", "psnr", "ssim", "lpips"), ("f", "c", "regularizer")),
     Section("speed", "Speed", ("images_per_s", "s_per_image", "nfe_per_image", STAGE_SHARE, "peak_memory_mib")),
@@ -61,6 +64,41 @@ MAX_OTHER_COLUMNS = 6
 # its identity (shown in results.csv and report.html's provenance), not a difference between rows.
 # Shown as a column only where one pipeline has several (e.g. two runs, two checkpoints).
 IDENTITY_SETTINGS = ("checkpoint", "pipeline_params")   # the "other" section shows its first few metrics, the rest stay in the files
+# Settings that say what was measured against (the data, the task, the degradation or mask, the
+# evaluation size): numbers under different values are not comparable, so the bold "best" is chosen
+# within one group of these at a time, and they lead the row (issue 28: identity and x2 rows took
+# the bold from x4 rows, box masks from thin ones, one data set's rFID from another's).
+COMPARISON_SETTINGS = ("task", "data", "data_root", "reference", "resolution", "input_resolution", "factor",
+                       "degradation", "noise_std", "mask", "mask_ratio", "mask_seed")
+NOT_SETTINGS = (ROLE_COLUMN,)   # a row's role is how it is drawn, not a setting of the number
+
+
+def comparison_columns(index: Sequence[str]) -> list[str]:
+    return [c for c in index if c in COMPARISON_SETTINGS]
+
+
+def expand_pipeline_params(rows: pd.DataFrame) -> pd.DataFrame:
+    """`pipeline_params` (a JSON object per row) as one readable column per key whose value differs
+    between rows (adapter, adapter_scale, ...), so adapter runs are told apart by `adapter` and
+    `adapter_scale` columns, not a JSON blob (issue 28). Keys a row lacks are None there."""
+    if "pipeline_params" not in rows.columns:
+        return rows
+    parsed = []
+    for text in rows["pipeline_params"]:
+        try:
+            value = json.loads(text) if isinstance(text, str) and text else {}
+        except ValueError:
+            return rows   # not JSON: leave it as it is
+        parsed.append(value if isinstance(value, dict) else {})
+    if not _varies_within_a_pipeline(rows, "pipeline_params"):
+        return rows   # one value per pipeline: what the pipeline is (IDENTITY_SETTINGS), not a column
+    out = rows.drop(columns="pipeline_params")
+    for key in sorted({k for p in parsed for k in p}):
+        values = pd.Series([json.dumps(p.get(key), sort_keys=True) if isinstance(p.get(key), (dict, list)) else
+                            canonical_value(p.get(key)) for p in parsed], index=rows.index, dtype=object)
+        if key not in out.columns and (values.map(str).groupby(rows["pipeline"]).nunique() > 1).any():
+            out[key] = values   # differs between rows of one pipeline: a readable column of its own
+    return out
 
 
 def base_name(metric: str) -> str:
@@ -82,7 +120,7 @@ def section_of(metric: str) -> str:
         return "text"
     if kind.timing or kind.group == "count":
         return "speed"
-    if kind.group in ("fid", "kid", "fraction", "density", "inception_score"):
+    if kind.group in ("fid", "kid", "fraction", "density", "inception_score", "cmmd"):
         return "generation"
     return "other"
 
@@ -118,12 +156,13 @@ def _shown_metrics(section: Section, metrics: Sequence[str]) -> list[str]:
     shown = [m for m in metrics if base_name(m) in order and base_name(m) != STAGE_SHARE]
     # "nfe_per_image[base]" beside "nfe_per_image" is a per-stage detail; "clip_score[model]" alone is the metric
     bare = {m for m in shown if not bracket(m)}
-    shown = [m for m in shown if not bracket(m) or base_name(m) not in bare]
+    # ... but "kid[dinov2-vit-l-14]" is KID in another feature space (issue 27): always its own column
+    shown = [m for m in shown if not bracket(m) or base_name(m) not in bare or bracket(m) in space_names()]
     return sorted(shown, key=lambda m: (order[base_name(m)], m))
 
 
 def section_table(section: Section, rows: pd.DataFrame, ci_style: str = "auto") -> SectionTable:
-    rows = rows.copy()
+    rows = expand_pipeline_params(rows.copy())
     for col in param_columns(rows):   # settings these rows do not carry at all
         if rows[col].isna().all():
             rows = rows.drop(columns=col)
@@ -146,9 +185,10 @@ def section_table(section: Section, rows: pd.DataFrame, ci_style: str = "auto") 
         pivot.rows = sorted(set(pivot.rows) | set(pivot.text_columns[STAGE_SHARE_COLUMN]),
                             key=lambda k: tuple(sort_key(v) for v in k))
     pivot.caption = settings_caption(constant)
-    mark_best(pivot)
     if details:
         pivot.notes.append(f"Also in results.csv and table.csv: {', '.join(details)}.")
+    apply_groups(pivot, comparison_columns(pivot.index_columns))
+    mark_best(pivot)
     return SectionTable(section, pivot, details)
 
 
@@ -156,7 +196,7 @@ def row_columns(rows: pd.DataFrame, leading: Sequence[str] = ()) -> tuple[list[s
     """(index columns, constant settings): pipeline, the leading settings the rows carry, then
     every setting whose value differs between the rows; the settings that do not differ go to
     the caption. Suite (and then run id) join the index only when rows would otherwise clash."""
-    settings = [c for c in param_columns(rows)]
+    settings = [c for c in param_columns(rows) if c not in NOT_SETTINGS]
     varying, constant = [], {}
     for col in settings:
         values = {canonical_value(v) for v in rows[col]}
@@ -168,7 +208,9 @@ def row_columns(rows: pd.DataFrame, leading: Sequence[str] = ()) -> tuple[list[s
             varying.append(col)
         else:
             constant[col] = next(iter(values))
-    index = ["pipeline", *[c for c in leading if c in settings], *varying]
+    varying = [*comparison_columns(varying), *[c for c in varying if c not in COMPARISON_SETTINGS]]
+    index = [*comparison_columns(varying), "pipeline", *[c for c in leading if c in settings],
+             *[c for c in varying if c not in COMPARISON_SETTINGS]]
     keys = rows[[*index, "metric"]].astype(str)
     if keys.duplicated().any() and rows["suite"].nunique() > 1:
         index.insert(0, "suite")
@@ -201,7 +243,7 @@ def metric_labels(pivot: Pivot, metrics: Sequence[str]) -> dict[str, str]:
         labels[metric] = label
     counts = pd.Series(list(labels.values())).value_counts()
     for metric, label in labels.items():
-        if counts[label] > 1 and bracket(metric):
+        if bracket(metric) and (counts[label] > 1 or bracket(metric) in space_names()):   # the space: always said
             labels[metric] = f"{label} [{bracket(metric)}]"
     unit = pivot.units
     return {m: f"{label} ({unit[m]})" if unit.get(m) and "/" not in label else label   # "images/s": unit said
@@ -240,12 +282,37 @@ def fit_table(pivot: Pivot, width: int = TERMINAL_WIDTH) -> str:
     if _widest(text) <= width or pivot.ci_style == "none":
         return _wrap_prose(text, width)
     narrow = Pivot(**{**pivot.__dict__, "ci_style": "none", "notes": [
-        n for n in pivot.notes if not n.startswith("±")] + ["Confidence intervals: in report.md and report.html."]})
+        n for n in pivot.notes if not n.startswith(("±", "[low"))] + ["Confidence intervals: in report.md and report.html."]})
     text = plain_text(narrow)
-    if _widest(text) > width:   # still too wide: shorten the longest text cells ("…"), said in a note
+    if _widest(text) > width:   # still too wide: the columns in blocks under the row columns, full names kept
+        text = _in_blocks(narrow, width)
+    if _widest(text) > width:   # the row columns alone are too wide: shorten the longest ("…"), said in a note
         narrow.notes.append("Long names are shortened with '…' here; report.md has them in full.")
         text = plain_text(narrow, width)
     return _wrap_prose(text, width)
+
+
+def _in_blocks(pivot: Pivot, width: int) -> str:
+    """The table as several tables of the same rows, each with the row columns and as many of the
+    other columns as fit `width` (issue 28: cutting method names to "latent_in…" lost them)."""
+    frame = display_frame(pivot, PLAIN)
+    names = column_names(pivot)
+    widths = {c: max([len(str(h)) for h in [frame.columns[i]]] + [len(str(v)) for v in frame.iloc[:, i]])
+              for i, c in enumerate(names)}
+    lead = [c for c in names if c in pivot.index_columns or c == "n"]
+    used = sum(widths[c] + 2 for c in lead)
+    blocks: list[list[str]] = [[]]
+    for column in [c for c in names if c not in lead]:
+        if blocks[-1] and used + sum(widths[c] + 2 for c in blocks[-1]) + widths[column] > width:
+            blocks.append([])
+        blocks[-1].append(column)
+    parts = []
+    for i, block in enumerate(blocks):
+        part = Pivot(**{**pivot.__dict__, "column_order": [*lead, *block],
+                        "caption": pivot.caption if i == 0 else "",
+                        "notes": pivot.notes if i == len(blocks) - 1 else []})
+        parts.append(plain_text(part).rstrip("\n"))
+    return "\n\n".join(parts) + "\n"
 
 
 MIN_TEXT_WIDTH = 10
@@ -271,7 +338,11 @@ def plain_text(pivot: Pivot, width: int | None = None) -> str:
         return "  ".join(v.ljust(w) if text[i] else v.rjust(w)
                          for i, (v, w) in enumerate(zip(values, widths))).rstrip()
 
-    lines = [line(cells[0]), "  ".join("-" * w for w in widths), *(line(r) for r in cells[1:])]
+    lines = [line(cells[0]), "  ".join("-" * w for w in widths)]
+    for row, values in zip(pivot.rows, cells[1:]):
+        if row in pivot.rules:   # a new comparison group, or the methods after the references
+            lines.append("  ".join("·" * w for w in widths))
+        lines.append(line(values))
     return framed(pivot, lines)
 
 
@@ -315,7 +386,8 @@ def sections_html(tables: Sequence[SectionTable], title: str) -> str:
                      + html_table(t.pivot) + "\n"
                      + "".join(f"<p>{html.escape(n)}</p>\n" for n in t.pivot.notes) for t in tables)
     return ("<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{html.escape(title)}</title>\n</head>\n<body>\n{body}</body>\n</html>\n")
+            f"<title>{html.escape(title)}</title>\n<style>{TABLE_STYLE}</style>\n</head>\n<body>\n{body}"
+            "</body>\n</html>\n")
 
 
 def write_section_tables(tables: Sequence[SectionTable], out_dir: Path, formats: Sequence[str],

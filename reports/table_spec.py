@@ -16,12 +16,27 @@ Schema (every key optional except `columns`; unknown keys are refused):
         decimals: 2                  # fixed decimals (default: from the CI, else the metric's own)
         optional: true               # leave the column out (said in a note) when no row has it
     sort: [f, -fid]                  # row order; "-" sorts descending (default: the rows columns)
-    ci: auto                         # auto | pm | interval | none
-    bold_best: true                  # the best value per metric column in bold (by its direction)
+    ci: auto                         # auto | pm | interval | none ("±" only for symmetric CIs either
+                                     # way; Wilson / bootstrap / min-max intervals as [low, high])
+    bold_best: true                  # the best method's value per metric column in bold (by its
+                                     # direction); never a reference or baseline row (the `role`
+                                     # column: identity, interpolation, base model), set in italics
+    group_by: [mask, mask_ratio]     # bold is chosen within each group of these settings' values,
+                                     # rows are ordered by group with a rule between groups
+                                     # (default: the row columns that say what was measured against:
+                                     # data, task, factor, degradation, mask, ...; [] = one group)
     format: markdown                 # markdown | latex | csv | html (the command line's format= wins)
     constant_settings: column        # column: listed settings stay columns even when every row shares
                                      # one value; caption: those go to the caption line above the
                                      # table, as unlisted shared settings always do
+
+Settings that differ between methods but not within one (a sampler, RePaint's jump_length) are
+said per method in the caption ("Per method: ..."), not as columns that are "–" in most rows.
+
+`report_sections` gives the sectioned report its task tables: rows of an image-to-image task
+(`task` superres / inpaint) and of `suite=lora_sweep` are shown by their preset (ldm_superres,
+ldm_inpainting, lora_sweep) under a task-named heading, their other metrics named in a note; every
+other row goes to reports.sections' generic sections.
 
 Reads stored rows only (reports.load); errors are SpecError (a ReportError: exit code 2).
 """
@@ -38,12 +53,16 @@ import yaml
 from bench.metrics.registry import row_kinds
 from bench.results import CORE_COLUMNS, param_columns
 from reports.load import ReportError, canonical_value, normalise
-from reports.sections import base_name, metric_labels, settings_caption
-from reports.tables import (CI_STYLES, Pivot, build_pivot, mark_best, sort_key, to_csv, to_html, to_latex,
-                            to_markdown)
+from reports.metric_kinds import metric_sort_key
+from reports.sections import (COMPARISON_SETTINGS, IDENTITY_SETTINGS, NOT_SETTINGS, Section, SectionTable,
+                              base_name, build_sections, comparison_columns, expand_pipeline_params,
+                              format_setting, metric_labels, settings_caption)
+from reports.tables import (CI_STYLES, Pivot, apply_groups, build_pivot, finish_notes, mark_best, row_roles, sort_key,
+                            to_csv, to_html, to_latex, to_markdown)
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-SPEC_KEYS = ("title", "where", "rows", "columns", "sort", "ci", "bold_best", "format", "constant_settings")
+SPEC_KEYS = ("title", "where", "rows", "columns", "sort", "ci", "bold_best", "group_by", "format",
+             "constant_settings")
 COLUMN_KEYS = ("metric", "setting", "label", "decimals", "optional")
 FORMAT_NAMES = {"markdown": "md", "md": "md", "latex": "tex", "tex": "tex", "csv": "csv", "html": "html"}
 ROW_KEYS = ("pipeline", "family", "suite", "run_id")   # row identities besides the settings
@@ -72,6 +91,7 @@ class TableSpec:
     sort: list[str] = field(default_factory=list)
     ci: str = "auto"
     bold_best: bool = True
+    group_by: list[str] | None = None   # None: the comparison settings among the row columns
     format: str = "md"
     constant_settings: str = "column"
 
@@ -122,6 +142,8 @@ def parse_spec(data: Any, name: str, where: str = "table spec") -> TableSpec:
     if not isinstance(bold, bool):
         raise SpecError(f"{where}: 'bold_best' must be true or false, got {bold!r}")
     spec.bold_best = bold
+    if data.get("group_by") is not None:
+        spec.group_by = [str(g) for g in _list(data["group_by"], where, "group_by")]
     spec.format = format_extension(data.get("format", "markdown"), f"{where}: 'format'")
     spec.constant_settings = _choice(data.get("constant_settings", "column"), ("caption", "column"), where,
                                      "constant_settings")
@@ -177,9 +199,10 @@ def registered_metrics() -> set[str]:
 
 def build_spec_table(frame: pd.DataFrame, spec: TableSpec) -> Pivot:
     """The spec's pivot over the rows: filtered, grouped, its columns in its order."""
-    frame = normalise(frame)
+    frame = expand_pipeline_params(normalise(frame))
     known = {*CORE_COLUMNS, *param_columns(frame)}
-    for col in [*spec.where, *spec.rows, *(s.lstrip("-") for s in spec.sort)]:
+    grouping = [g for g in spec.group_by or [] if g not in COMPARISON_SETTINGS]   # those may be absent (one group)
+    for col in [*spec.where, *spec.rows, *(s.lstrip("-") for s in spec.sort), *grouping]:
         if col not in known and not _is_metric_name(col, frame):
             raise SpecError(f"table {spec.name}: column {col!r} is not in the results; settings there: "
                             f"{param_columns(frame)}, and {list(ROW_KEYS)}")
@@ -231,14 +254,43 @@ def build_spec_table(frame: pd.DataFrame, spec: TableSpec) -> Pivot:
     pivot.labels.update(metric_labels(pivot, metrics))
     pivot.labels.update(labels)
     pivot.decimals.update(decimals)
-    pivot.caption = settings_caption(constant)
+    pivot.caption = " ".join(c for c in (settings_caption(constant), per_method_caption(frame, index)) if c)
     pivot.column_order = _spec_order(spec, pivot.index_columns, settings, metrics, frame)   # + run_id if added
     if missing:
         pivot.notes.append(f"Not in these results (optional columns left out): {', '.join(missing)}.")
     pivot.rows = _sorted_rows(pivot, spec.sort)
+    apply_groups(pivot, comparison_columns(pivot.index_columns) if spec.group_by is None else spec.group_by)
     if spec.bold_best:
         mark_best(pivot)
     return pivot
+
+
+def per_method_caption(frame: pd.DataFrame, index: Sequence[str]) -> str:
+    """Settings that some rows lack (the baselines: no sampler) or that differ between pipelines but
+    not within one (not row columns): those all methods share once ("Methods: sampler=ddim, steps=50."),
+    the rest per pipeline ("Per method: pixel_ddpm: jump_length=5."). What a pipeline is
+    (checkpoint, params) stays in results.csv and the provenance."""
+    skip = {*index, *IDENTITY_SETTINGS, *NOT_SETTINGS, *COMPARISON_SETTINGS}
+    columns = [c for c in param_columns(frame) if c not in skip
+               and len({str(canonical_value(v)) for v in frame[c]}) > 1]
+    if not columns or "pipeline" not in frame.columns:
+        return ""
+    shared: list[str] = []
+    per: dict[str, list[str]] = {}
+    methods = set(frame["pipeline"][[r == "method" for r in row_roles(frame)]])
+    for col in columns:
+        by_pipeline = {p: {canonical_value(v) for v in rows[col]} - {None} for p, rows in frame.groupby("pipeline")}
+        having = {p: next(iter(v)) for p, v in by_pipeline.items() if len(v) == 1}
+        if len(set(map(str, having.values()))) == 1 and methods <= set(having) and len(methods) > 1:
+            shared.append(f"{col}={format_setting(next(iter(having.values())))}")
+            continue
+        for pipeline, value in having.items():
+            per.setdefault(pipeline, []).append(f"{col}={format_setting(value)}")
+    parts = [f"Methods: {', '.join(shared)}." if shared else "",
+             "Per method: " + "; ".join(f"{p}: {', '.join(v)}" for p, v in sorted(per.items())) + "." if per else ""]
+    return " ".join(p for p in parts if p)
+
+
 
 
 def _is_metric_name(name: str, frame: pd.DataFrame) -> bool:
@@ -259,7 +311,7 @@ def _index(frame: pd.DataFrame, spec: TableSpec, settings: list[str]) -> tuple[l
     row go to the caption; listed ones too when constant_settings is 'caption'."""
     index = [*spec.rows, *[s for s in settings if s not in spec.rows]]
     constant: dict[str, Any] = {}
-    for col in param_columns(frame):
+    for col in [c for c in param_columns(frame) if c not in NOT_SETTINGS]:
         values = {canonical_value(v) for v in frame[col]}
         if col in spec.rows or values == {None}:
             continue
@@ -323,3 +375,42 @@ def render(pivot: Pivot, fmt: str, title: str = "") -> str:
     if fmt == "csv":
         return to_csv(pivot)
     return to_html(pivot, title or "diffbench table")
+
+
+# ---- the report's task sections ----------------------------------------------------------------
+
+# (column, value, preset, section key, heading): rows with this value in this column get the preset's
+# table under a heading that names the task (issue 28: an SR run read "Generation quality" and
+# "Reconstruction"). Image-to-image tasks: every metric of their rows is in the table or named in its
+# note. lora_sweep: the preset's metrics here, the rest (training cost, latency) in the generic sections.
+TASK_TABLES = (("task", "superres", "ldm_superres", "superres", "Super-resolution"),
+               ("task", "inpaint", "ldm_inpainting", "inpainting", "Inpainting"),
+               ("suite", "lora_sweep", "lora_sweep", "lora", "LoRA: concept fidelity and forgetting"))
+
+
+def report_sections(frame: pd.DataFrame, ci_style: str = "auto") -> list[SectionTable]:
+    """The sectioned report: a task table per image-to-image task and for lora_sweep rows (from
+    their presets), then reports.sections' generic sections for every other row."""
+    frame = normalise(frame)
+    rest, out = frame, []
+    for column, value, preset, key, title in TASK_TABLES:
+        if column not in rest.columns:
+            continue
+        mine = rest[rest[column].map(canonical_value) == value]
+        if mine.empty:
+            continue
+        spec = load_spec(preset)
+        spec.ci = ci_style
+        pivot = build_spec_table(mine, spec)
+        shown = set(pivot.metrics)
+        details: list[str] = []
+        if column == "task":
+            details = sorted(set(mine["metric"]) - shown, key=metric_sort_key)
+            rest = rest.drop(index=mine.index)
+        else:
+            rest = rest.drop(index=mine.index[mine["metric"].isin(shown)])
+        if details:
+            pivot.notes.append(f"Also in results.csv and table.csv: {', '.join(details)}.")
+        finish_notes(pivot)   # its own notes after "Also in"
+        out.append(SectionTable(Section(key, title, tuple(pivot.metrics)), pivot, details))
+    return out + (build_sections(rest, ci_style) if not rest.empty else [])

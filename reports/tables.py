@@ -1,9 +1,18 @@
 """Result rows -> pivot tables: rows are (pipeline, sweep point) or any chosen group-by,
-columns are metrics, cells are "value ± half-width" of the stored confidence interval (or
-"value [low, high]" when the interval is not symmetric), written as Markdown, LaTeX
-(booktabs), CSV and HTML. A pivot may carry header labels, fixed decimals, a caption (the
-settings every row shares), text columns (e.g. per-stage shares) and the best cell per
-column in bold; reports.sections and reports.table_spec build such pivots.
+columns are metrics, cells are "value ± half-width" of a symmetric stored interval, or
+"value [low, high]" for an asymmetric one and for every Wilson, bootstrap or min-max interval
+(a "±" would misstate those), written as Markdown, LaTeX (booktabs), CSV and HTML. A pivot may
+carry header labels, fixed decimals, a caption (the settings every row shares), text columns
+(e.g. per-stage shares) and the best cell per column in bold; reports.sections and
+reports.table_spec build such pivots.
+
+What went into a mean is said in its cell: a row whose details say images were left out of
+it (`excluded`: count, of, reason; e.g. exact reproductions with infinite PSNR) or counted at
+a cap (`capped_images`, rows written before issue 28) reads "39.6 ± 2.1 (1 of 8 exact)", and
+table.csv has the count. Rows carry a role (the `role` column a suite writes; else family
+"reference" / "baseline"): references and baselines are never bold, are set in italics and
+come first in their group; bold is chosen within a group of the settings that define the
+comparison (`group_by`: mask set, data set, factor, ...), never across groups.
 
 Pure functions of the rows: same rows in, byte-identical files out (rows and columns are
 sorted, numbers formatted by fixed rules, no timestamps or paths in the tables).
@@ -12,6 +21,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +30,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from bench.atomic import atomic_write_text
-from bench.results import param_columns
+from bench.results import DETAILS_COLUMN, param_columns
 from reports.load import ReportError, normalise
 from reports.metric_kinds import HIGHER, LOWER, metric_kind, metric_sort_key
 
@@ -34,6 +44,17 @@ class Cell:
     ci_low: float
     ci_high: float
     n: float
+    note: str = ""          # what went into the mean beyond n, e.g. "1 of 8 exact"
+    of: int | None = None   # with a note: the images evaluated (n + those left out), the n the table states
+    bracket: bool = False   # the interval is not a symmetric CI (Wilson, bootstrap, min-max): [low, high]
+
+
+ROLES = ("baseline", "reference", "method")   # row order within a group: scale first, then the methods
+ROLE_COLUMN = "role"
+BOLD_NOTE = "Bold: the best method"
+GROUP_WORDS = {"data": "data set", "mask": "mask", "mask_ratio": "mask ratio", "input_resolution": "input size"}
+# Interval kinds shown as [low, hi] whatever their symmetry: "±" says "a symmetric CI" (issue 28)
+_BRACKET_KINDS = ("wilson", "bootstrap", "percentile", "min-max", "min–max", "spread", "range", "quantile")
 
 
 @dataclass
@@ -53,6 +74,9 @@ class Pivot:
     text_columns: dict[str, dict[tuple, str]] = field(default_factory=dict)  # header -> row -> text
     bold: set[tuple[tuple, str]] = field(default_factory=set)  # (row, metric) cells shown in bold
     column_order: list[str] | None = None  # index columns, metrics and text columns interleaved
+    roles: dict[tuple, str] = field(default_factory=dict)      # row -> reference | baseline (absent: method)
+    group_by: list[str] = field(default_factory=list)          # index columns whose values make a comparison group
+    rules: set[tuple] = field(default_factory=set)             # rows drawn with a rule above (a new group / block)
 
 
 def sort_key(value: Any) -> tuple:
@@ -87,9 +111,16 @@ def build_pivot(frame: pd.DataFrame, ci_style: str = "auto", index: Sequence[str
             raise ReportError(f"the same measurement appears more than once in one run: {dups[:3]}; "
                               "the results file is inconsistent, regenerate the run")
     cells: dict[tuple[tuple, str], Cell] = {}
-    for rec in frame[[*index, "metric", "value", "ci_low", "ci_high", "n"]].itertuples(index=False):
+    details = frame[DETAILS_COLUMN] if DETAILS_COLUMN in frame.columns else pd.Series("", index=frame.index)
+    roles = row_roles(frame)
+    found_roles: dict[tuple, str] = {}
+    for rec, text, role in zip(frame[[*index, "metric", "value", "ci_low", "ci_high", "n"]].itertuples(index=False),
+                               details, roles):
         *key, metric, value, low, high, n = rec
-        cells[(tuple(key), metric)] = Cell(value, low, high, n)
+        note, bracket, of = cell_details(text)
+        cells[(tuple(key), metric)] = Cell(value, low, high, n, note, of, bracket)
+        if role != "method":
+            found_roles[tuple(key)] = role
     rows = sorted({key for key, _ in cells}, key=lambda k: tuple(sort_key(v) for v in k))
     metrics = (sorted(set(frame["metric"]), key=metric_sort_key) if metrics is None
                else [m for m in metrics if m in set(frame["metric"])])
@@ -97,24 +128,132 @@ def build_pivot(frame: pd.DataFrame, ci_style: str = "auto", index: Sequence[str
     for metric in metrics:
         found = sorted({u for u in frame.loc[frame["metric"] == metric, "unit"] if u})
         units[metric] = "/".join(found)
-    pivot = Pivot(index, metrics, units, rows, cells, ci_style=ci_style)
+    pivot = Pivot(index, metrics, units, rows, cells, ci_style=ci_style, roles=found_roles)
     _describe_n(pivot)
-    if ci_style != "none" and any(_finite(c.ci_low) and _finite(c.ci_high) for c in cells.values()):
-        pivot.notes.append("± is half the stored confidence interval's width; [low, high] where it is asymmetric.")
+    finish_notes(pivot)
     return pivot
 
 
+def row_roles(frame: pd.DataFrame) -> list[str]:
+    """Each row's role: its `role` column where a suite wrote one, else from its family (the
+    superres identity's family is "reference", the interpolations' and mean fill's "baseline")."""
+    written = frame[ROLE_COLUMN] if ROLE_COLUMN in frame.columns else pd.Series(None, index=frame.index, dtype=object)
+    out = []
+    for role, family in zip(written, frame["family"] if "family" in frame.columns else [""] * len(frame)):
+        role = str(role) if isinstance(role, str) and role else ""
+        out.append(role if role in ROLES else family if family in ("reference", "baseline") else "method")
+    return out
+
+
+def cell_details(text: Any) -> tuple[str, bool, int | None]:
+    """(what went into the mean beyond n, whether the interval is shown as [low, high], the images
+    evaluated where some were left out) from a row's details JSON."""
+    try:
+        details = json.loads(text) if isinstance(text, str) and text else {}
+    except ValueError:
+        details = {}
+    if not isinstance(details, dict):
+        return "", False, None
+    note, of = "", None
+    excluded = details.get("excluded")
+    if isinstance(excluded, dict) and int(excluded.get("count") or 0) > 0:
+        of = int(excluded.get("of") or 0)
+        note = f"{int(excluded['count'])} of {of} {excluded.get('reason') or 'excluded'}"
+    elif int(details.get("capped_images") or 0) > 0:   # rows written before issue 28: counted at the cap
+        cap = details.get("psnr_cap_db")
+        note = f"{int(details['capped_images'])} capped" + (f" at {format_number(float(cap), 0)} dB" if cap else "")
+    kind = f"{details.get('ci_kind', '')} {details.get('ci_method', '')}".lower()
+    return note, any(word in kind for word in _BRACKET_KINDS), of
+
+
+def interval_notes(pivot: Pivot) -> list[str]:
+    """What "±" and "[low, high]" mean, said only for the forms the table shows."""
+    if pivot.ci_style == "none":
+        return []
+    shown = {_interval_form(c, m, pivot.ci_style) for (_, m), c in pivot.cells.items() if m in pivot.metrics}
+    notes = []
+    if "pm" in shown:
+        notes.append("± is half the width of a symmetric interval (a 95% normal CI of the mean, or ± one std).")
+    if "bracket" in shown:
+        notes.append("[low, high]: an asymmetric interval (Wilson, bootstrap) or the min-max spread of timings.")
+    return notes
+
+
+def excluded_notes(pivot: Pivot) -> list[str]:
+    notes = []
+    cells = [c for (_, m), c in pivot.cells.items() if m in pivot.metrics and c.note]
+    if any(c.note.endswith(" exact") for c in cells):
+        notes.append("(k of N exact): k images reproduced their ground truth exactly (infinite PSNR) and are left "
+                     "out of the mean, which is over the other N - k (its n); all N exact: ∞.")
+    if any(" capped" in c.note for c in cells):
+        notes.append("(k capped): k images had infinite PSNR and count at the cap in the mean (results written "
+                     "before issue 28; rerun for the mean over finite values).")
+    return notes
+
+
+def row_role(pivot: Pivot, row: tuple) -> str:
+    return pivot.roles.get(row, "method")
+
+
+def apply_groups(pivot: Pivot, group_by: Sequence[str] = ()) -> None:
+    """Order rows by their comparison group (the values of `group_by`), within it references,
+    then baselines, then methods (stable: the order the rows had stays within a block); a rule
+    above every row that starts a group or the methods' block. Then the notes this pivot needs."""
+    pivot.group_by = [c for c in group_by if c in pivot.index_columns]
+    rank = {role: i for i, role in enumerate(ROLES)}
+    group_rank: dict[tuple, int] = {}
+    for row in pivot.rows:   # groups in the order the rows (already sorted) first show them
+        group_rank.setdefault(group_of(pivot, row), len(group_rank))
+    if pivot.group_by:
+        pivot.rows = sorted(pivot.rows, key=lambda r: (tuple(sort_key(v) for v in group_of(pivot, r)),
+                                                       rank[row_role(pivot, r)]))
+    else:
+        pivot.rows = sorted(pivot.rows, key=lambda r: rank[row_role(pivot, r)])
+    pivot.rules = set()
+    for before, row in zip(pivot.rows, pivot.rows[1:]):
+        if group_of(pivot, before) != group_of(pivot, row) or \
+                (row_role(pivot, before) != "method") != (row_role(pivot, row) != "method"):
+            pivot.rules.add(row)
+    finish_notes(pivot)
+
+
+def finish_notes(pivot: Pivot) -> None:
+    """The notes that depend on what the table shows (intervals, exclusions, roles), after the
+    pivot's own; said once."""
+    notes = [*interval_notes(pivot), *excluded_notes(pivot)]
+    if any(row_role(pivot, r) != "method" for r in pivot.rows):
+        notes.append("Rows in italics, first in their group above a rule, are references or baselines (ground truth, "
+                     "interpolation, the untrained or base model): shown for scale, never bold.")
+    pivot.notes = [n for n in pivot.notes if n not in notes and not n.startswith(BOLD_NOTE)] + notes
+    if pivot.bold and pivot.group_by and len({group_of(pivot, r) for r in pivot.rows}) > 1:
+        names = [GROUP_WORDS.get(c, c) for c in pivot.group_by]
+        pivot.notes.append(f"{BOLD_NOTE} among the rows of the same {', '.join(names)} (rules between groups).")
+
+
+def group_of(pivot: Pivot, row: tuple) -> tuple:
+    return tuple(row[pivot.index_columns.index(c)] for c in pivot.group_by)
+
+
 def mark_best(pivot: Pivot) -> None:
-    """Bold the best value of each metric column (by the metric's direction; ties all bold).
-    Columns with no direction (stage share) or fewer than two values get none."""
+    """Bold the best value of each metric column (by the metric's direction; ties all bold),
+    among the methods of one comparison group (pivot.group_by) at a time: references and
+    baselines are never bold. Columns with no direction (stage share) or fewer than two values
+    in a group get none there."""
     pivot.bold = set()
     for metric in pivot.metrics:
         direction = metric_kind(metric).direction
-        values = {row: c.value for (row, m), c in pivot.cells.items() if m == metric and _finite(c.value)}
-        if direction not in (LOWER, HIGHER) or len(set(values.values())) < 2:
-            continue   # nothing to choose between
-        best = min(values.values()) if direction == LOWER else max(values.values())
-        pivot.bold |= {(row, metric) for row, v in values.items() if v == best}
+        if direction not in (LOWER, HIGHER):
+            continue
+        groups: dict[tuple, dict[tuple, float]] = {}
+        for (row, m), c in pivot.cells.items():
+            if m == metric and _finite(c.value) and row_role(pivot, row) == "method":
+                groups.setdefault(group_of(pivot, row), {})[row] = c.value
+        for values in groups.values():
+            if len(set(values.values())) < 2:
+                continue   # nothing to choose between
+            best = min(values.values()) if direction == LOWER else max(values.values())
+            pivot.bold |= {(row, metric) for row, v in values.items() if v == best}
+    finish_notes(pivot)   # says what the bold is chosen among, now that there is some
 
 
 def _duplicated(frame: pd.DataFrame, index: list[str]) -> list[tuple]:
@@ -125,7 +264,9 @@ def _duplicated(frame: pd.DataFrame, index: list[str]) -> list[tuple]:
 
 def _describe_n(pivot: Pivot) -> None:
     """n goes where it is shortest: one note, a note per metric, a column, or in each cell."""
-    ns = {k: int(c.n) for k, c in pivot.cells.items() if _finite(c.n)}
+    # a mean that left images out says "k of N" in its cell: N is its row's n here, so one exclusion
+    # does not turn the table's one n into an "(n=...)" in every cell
+    ns = {k: int(c.of or c.n) for k, c in pivot.cells.items() if _finite(c.n)}
     if len(set(ns.values())) <= 1:
         if ns:
             pivot.notes.append(f"n = {next(iter(ns.values()))} for every value.")
@@ -190,11 +331,14 @@ class Markup:
     missing: str = "–"
     escape: Callable[[str], str] = _identity
     bold: Callable[[str], str] = _identity
+    italic: Callable[[str], str] = _identity   # reference / baseline row names
+    infinity: str = "∞"
 
 
-MARKDOWN = Markup(bold=_markdown_bold)
-PLAIN = Markup()   # the terminal: no markup at all
-LATEX = Markup(pm=r"$\pm$", missing="--", escape=lambda s: latex_escape(s), bold=lambda s: rf"\textbf{{{s}}}")
+MARKDOWN = Markup(bold=_markdown_bold, italic=lambda s: f"*{s}*")
+PLAIN = Markup()   # the terminal: no markup at all (rules between blocks set references apart)
+LATEX = Markup(pm=r"$\pm$", missing="--", escape=lambda s: latex_escape(s), bold=lambda s: rf"\textbf{{{s}}}",
+               italic=lambda s: rf"\textit{{{s}}}", infinity=r"$\infty$")
 
 
 def _half_width(cell: Cell) -> float | None:
@@ -215,28 +359,45 @@ def column_decimals(cells: Sequence[Cell], metric: str, use_ci: bool = True) -> 
     return max(found) if found else None
 
 
+def _interval_form(cell: Cell | None, metric: str, ci_style: str) -> str:
+    """How a cell's interval is shown: "pm" (a symmetric CI), "bracket" ([low, high]) or "" (none).
+    ci: pm and ci: auto alike never write "±" for an asymmetric interval or a spread (issue 28:
+    precision 0.031 [0.006, 0.157] read 0.031 ± 0.076); ci: interval always brackets."""
+    if cell is None or ci_style == "none":
+        return ""
+    half = _half_width(cell)
+    if half is None or half == 0:   # "4 ± 0", "7.96 [7.96, 7.96]" (one timed batch) say nothing
+        return ""
+    below, above = cell.value - cell.ci_low, cell.ci_high - cell.value
+    symmetric = abs(below - above) <= 0.05 * max(abs(below), abs(above)) + 1e-12
+    return "pm" if ci_style in ("auto", "pm") and symmetric and not cell.bracket else "bracket"
+
+
 def format_cell(cell: Cell | None, metric: str, ci_style: str = "auto", markup: Markup = MARKDOWN,
                 show_n: bool = False, decimals: int | None = -1) -> str:
     """decimals=-1: chosen from this cell alone; None: scientific notation."""
-    if cell is None:
-        return markup.missing
+    if cell is None or (not _finite(cell.value) and not (isinstance(cell.value, float) and math.isinf(cell.value))):
+        return markup.missing   # no value (NaN) is no number: "–", never "nan"
     value, low, high = cell.value, cell.ci_low, cell.ci_high
-    half = _half_width(cell)
-    has_ci = half is not None
-    if decimals == -1:
-        decimals = decimals_for(metric, value, half)
-    text = format_number(value, decimals)
-    exact_count = has_ci and half == 0 and metric_kind(metric).group == "count"   # "4 ± 0" says nothing
-    if has_ci and ci_style != "none" and not exact_count:
-        below, above = value - low, high - value
-        symmetric = abs(below - above) <= 0.05 * max(abs(below), abs(above)) + 1e-12
-        if ci_style == "pm" or (ci_style == "auto" and symmetric):
+    if math.isinf(value):
+        text = markup.infinity if value > 0 else f"-{markup.infinity}"
+    else:
+        half = _half_width(cell)
+        if decimals == -1:
+            decimals = decimals_for(metric, value, half)
+        text = format_number(value, decimals)
+        form = _interval_form(cell, metric, ci_style)
+        if form and format_number(low, decimals) == format_number(high, decimals):
+            form = ""   # zero width at the shown precision ("1.0000 ± 0.0000" for the identity's SSIM)
+        if form == "pm":
             text += f" {markup.pm} {format_number(half, decimals)}"
-        else:
+        elif form == "bracket":
             text += f" [{format_number(low, decimals)}, {format_number(high, decimals)}]"
+    if cell.note:
+        text += f" ({cell.note})"
     if show_n and _finite(cell.n):
         text += f" (n={int(cell.n)})"
-    return text  # numbers and the markup's own tokens only: nothing to escape
+    return text  # numbers, the markup's own tokens and notes of digits and words: nothing to escape
 
 
 def format_param(value: Any, markup: Markup = MARKDOWN) -> str:
@@ -290,12 +451,15 @@ def display_frame(pivot: Pivot, markup: Markup = MARKDOWN) -> pd.DataFrame:
                 column_decimals([c for (_, cm), c in pivot.cells.items() if cm == m], m, pivot.ci_style != "none")
                 for m in pivot.metrics}
     position = {c: i for i, c in enumerate(pivot.index_columns)}
+    name_column = next((c for c in columns if c in position and c not in pivot.group_by), None)
     records = []
     for row in pivot.rows:
         record = []
         for column in columns:
             if column in position:
-                record.append(format_param(row[position[column]], markup))
+                text = format_param(row[position[column]], markup)
+                set_apart = column == name_column and row_role(pivot, row) != "method"
+                record.append(markup.italic(text) if set_apart and text != markup.missing else text)
             elif column == "n" and pivot.n_by_row is not None:
                 record.append(str(pivot.n_by_row[row]))
             elif column in pivot.text_columns:
@@ -324,7 +488,11 @@ def to_markdown(pivot: Pivot, markup: Markup = MARKDOWN) -> str:
 
     rule = "| " + " | ".join("-" * w if text[i] else "-" * (w - 1) + ":"
                              for i, w in enumerate(widths)) + " |"
-    lines = [line(cells[0]), rule, *(line(r) for r in cells[1:])]
+    lines = [line(cells[0]), rule]
+    for row, values in zip(pivot.rows, cells[1:]):
+        if row in pivot.rules and markup is PLAIN:   # the terminal: a rule between blocks (Markdown has none)
+            lines.append("|" + "+".join("-" * (w + 2) for w in widths) + "|")
+        lines.append(line(values))
     return framed(pivot, lines)
 
 
@@ -340,15 +508,24 @@ def framed(pivot: Pivot, lines: list[str]) -> str:
 def latex_escape(text: str) -> str:
     replace = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-               "^": r"\textasciicircum{}", "–": "--", "±": r"$\pm$"}
+               "^": r"\textasciicircum{}", "–": "--", "±": r"$\pm$", "Δ": r"$\Delta$", "∞": r"$\infty$",
+               "·": r"$\cdot$", "…": r"\ldots{}", "×": r"$\times$"}   # pdflatex has no Unicode input for these
     return "".join(replace.get(ch, ch) for ch in text)
 
 
 def to_latex(pivot: Pivot) -> str:
-    """A booktabs tabular (\\toprule/\\midrule/\\bottomrule) via pandas' Styler."""
+    """A booktabs tabular (\\toprule/\\midrule/\\bottomrule) via pandas' Styler; a \\midrule
+    above every row that starts a comparison group or the methods' block."""
     table = display_frame(pivot, LATEX)
     column_format = "".join("l" if t else "r" for t in text_flags(pivot))
     body = table.style.hide(axis="index").to_latex(hrules=True, column_format=column_format)
+    if pivot.rules:
+        lines = body.split("\n")
+        start = lines.index("\\midrule") + 1   # the first body line
+        for i, row in reversed(list(enumerate(pivot.rows))):
+            if row in pivot.rules:
+                lines.insert(start + i, "\\midrule")
+        body = "\n".join(lines)
     caption = f"% {pivot.caption}\n" if pivot.caption else ""
     notes = "".join(f"% {note}\n" for note in pivot.notes)
     return caption + body + notes
@@ -369,6 +546,17 @@ def to_csv(pivot: Pivot) -> str:
     columns = list(pivot.index_columns)
     for metric in pivot.metrics:
         columns += [metric, f"{metric}_ci_low", f"{metric}_ci_high", f"{metric}_n"]
+    # what went into a mean beyond n (e.g. "1 of 8 exact"): a column where any cell says so
+    noted = [m for m in pivot.metrics if any(c.note for (_, cm), c in pivot.cells.items() if cm == m)]
+    for record, row in zip(records, pivot.rows):
+        for metric in noted:
+            cell = pivot.cells.get((row, metric))
+            record[f"{metric}_excluded"] = cell.note if cell is not None and cell.note else None
+    columns += [f"{metric}_excluded" for metric in noted]
+    if pivot.roles:
+        for record, row in zip(records, pivot.rows):
+            record[ROLE_COLUMN] = row_role(pivot, row)
+        columns.insert(len(pivot.index_columns), ROLE_COLUMN)
     buffer = io.StringIO()
     pd.DataFrame(records, columns=columns, dtype=object).to_csv(buffer, index=False, lineterminator="\n")
     return buffer.getvalue()
@@ -379,9 +567,11 @@ def html_table(pivot: Pivot, table_class: str = "results") -> str:
     frame = display_frame(pivot, PLAIN)
     columns = column_names(pivot)
     is_text = text_flags(pivot)
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in frame.columns)
+    num = ' class="num"'   # a number column's header sits over its numbers (right-aligned)
+    head = "".join(f"<th{'' if is_text[i] else num}>{html.escape(str(h))}</th>" for i, h in enumerate(frame.columns))
     body = []
     for row, texts in zip(pivot.rows, frame.itertuples(index=False)):
+        classes = [c for c, on in (("rule", row in pivot.rules), (row_role(pivot, row), row in pivot.roles)) if on]
         cells = []
         for i, (column, text) in enumerate(zip(columns, texts)):
             cell = pivot.cells.get((row, column)) if column in pivot.metrics else None
@@ -391,9 +581,11 @@ def html_table(pivot: Pivot, table_class: str = "results") -> str:
                 shown = f"<b>{shown}</b>"
             align = "" if is_text[i] else ' class="num"'
             cells.append(f"<td{align}{raw}>{shown}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<table class="{table_class}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
-            + "\n".join(body) + "\n</tbody>\n</table>")
+        attribute = f' class="{" ".join(classes)}"' if classes else ""
+        body.append(f"<tr{attribute}>" + "".join(cells) + "</tr>")
+    # in its own box that scrolls sideways if the page is narrower than the table: never off-page
+    return (f'<div class="table-box">\n<table class="{table_class}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
+            + "\n".join(body) + "\n</tbody>\n</table>\n</div>")
 
 
 def to_html(pivot: Pivot, title: str = "diffbench results") -> str:
@@ -401,7 +593,22 @@ def to_html(pivot: Pivot, title: str = "diffbench results") -> str:
     caption = f"<p>{html.escape(pivot.caption)}</p>\n" if pivot.caption else ""
     notes = caption + "".join(f"<p>{html.escape(note)}</p>\n" for note in pivot.notes)
     return ("<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{html.escape(title)}</title>\n</head>\n<body>\n{table}\n{notes}</body>\n</html>\n")
+            f"<title>{html.escape(title)}</title>\n<style>{TABLE_STYLE}</style>\n</head>\n<body>\n{table}\n{notes}"
+            "</body>\n</html>\n")
+
+
+# The tables' own look, shared by table.html and report.html: a box that scrolls sideways instead
+# of running off the page, headers that wrap, reference/baseline rows in italics, rules between groups.
+TABLE_STYLE = """
+div.table-box { max-width: 100%; overflow-x: auto; }
+table.results { border-collapse: collapse; margin: .6em 0; font-size: .92em; }
+table.results th, table.results td { padding: .3em .6em; border-bottom: 1px solid #e2e2e2; text-align: left; }
+table.results th { vertical-align: bottom; }
+table.results th.num { text-align: right; }
+table.results td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.results tr.reference td, table.results tr.baseline td { font-style: italic; color: #444; }
+table.results tr.rule td { border-top: 2px solid #999; }
+"""
 
 
 RENDERERS = {"md": to_markdown, "tex": to_latex, "csv": to_csv, "html": to_html}

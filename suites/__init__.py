@@ -26,6 +26,7 @@ SUITES = {
     "lora_sweep": "suites.lora_sweep",
     "superres": "suites.superres",
     "inpainting": "suites.inpainting",
+    "score": "suites.score",
 }
 
 # A suite's sweep axis -> the config key that sets the same setting for one run (and the group
@@ -41,8 +42,12 @@ def load_suite(name: str) -> ModuleType:
     return importlib.import_module(SUITES[name])
 
 
-def prepare_suite(name: str, params: Mapping[str, Any] | None) -> tuple[ModuleType, SuiteParams]:
+def prepare_suite(name: str, params: Mapping[str, Any] | None, cfg: Any = None) -> tuple[ModuleType, SuiteParams]:
     """The start-up check of the `suite` group above the config layer: the module of `suite.name`
-    and its typed `suite.params`."""
+    and its typed `suite.params`; given the whole config (`cfg`), also what the params mean with
+    the rest of it (`Params.check_config`: e.g. f_sweep's autoencoder for every f of its sweep)."""
     suite = load_suite(name)
-    return suite, parse_params(suite.Params, params, name)
+    parsed = parse_params(suite.Params, params, name)
+    if cfg is not None:
+        parsed.check_config(cfg)
+    return suite, parsed

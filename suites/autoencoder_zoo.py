@@ -17,7 +17,7 @@ from bench.progress import progress
 from models.core.interface import to_uint8
 from models.core.registry import CHECKPOINT_DIR, resolve_checkpoint
 from models.networks.autoencoder import load_autoencoder
-from suites.params import SuiteParams
+from suites.params import SuiteParams, check_autoencoder
 
 
 @dataclass
@@ -29,6 +29,8 @@ class Params(SuiteParams):
     def __post_init__(self) -> None:
         require(self.resolution is None or self.resolution >= 8, "suite.params.resolution",
                 f"must be >= 8, got {self.resolution}")
+        for i, name in enumerate(self.autoencoders or []):   # a checkpoint holding one, checked at start
+            check_autoencoder(name, f"suite.params.autoencoders[{i}]", mapping_allowed=False)
 
 
 def shipped_autoencoders() -> list[str]:

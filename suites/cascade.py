@@ -36,4 +36,5 @@ def run(session, params: Params) -> None:
                     metric_set.update(replace(batch, images=images))
             for s in stages:
                 session.record(pipe, per_stage[s.name].compute(),
-                               {**point, "stage": s.name, "stage_resolution": s.resolution})
+                               {**point, "stage": s.name, "stage_resolution": s.resolution,
+                                "data_resolution": s.resolution})   # the reference as measured per stage

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from bench.atomic import atomic_write_json
 from bench.config import PipelineConfig
-from bench.data.config import choice, require
+from bench.data.config import ConfigError, choice, require
 from bench.results import MetricValue
 from bench.training.config import TrainingConfig, TrainRunConfig
 from bench.training.trainer import train
@@ -31,12 +31,14 @@ from models.core.checkpoint import load_config
 from models.core.registry import FAMILY_MODULES, build_pipeline, resolve_checkpoint
 from models.networks.autoencoder import AutoencoderConfig
 from suites.common import quality_and_speed
-from suites.params import QualityParams
+from suites.params import QualityParams, check_autoencoder, check_downsample_factor
 
 log = logging.getLogger(__name__)
 
 CONF_TRAIN = Path(__file__).resolve().parent.parent / "conf" / "train"
 DEFAULT_PATTERN = "ae_kl_f{f}_{data}{resolution}"   # the shipped autoencoders' naming
+DEFAULT_FACTORS = (4, 8)
+TRAINS_ON_AUTOENCODER = ("latent_unet", "latent_dit")   # families whose training takes params.autoencoder
 
 
 @dataclass
@@ -70,9 +72,28 @@ class Params(QualityParams):
                 f"no train recipe {recipe_path(self.train)}; available: {sorted(p.stem for p in CONF_TRAIN.glob('*.yaml'))}")
         require(self.train_data_n is None or self.train_data_n >= 1, "suite.params.train_data_n",
                 f"must be >= 1, got {self.train_data_n}")
-        for f, autoencoder in (self.autoencoders or {}).items():
-            require(isinstance(autoencoder, (str, Mapping)), f"suite.params.autoencoders.{f}",
-                    f"must be a checkpoint name/dir or an AutoencoderConfig mapping, got {autoencoder!r}")
+        require(self.family in TRAINS_ON_AUTOENCODER, "suite.params.family",
+                f"{self.family!r} does not train on an autoencoder; choose one of {list(TRAINS_ON_AUTOENCODER)}")
+        for f, autoencoder in (self.autoencoders or {}).items():   # at start, not when f's turn comes
+            check_downsample_factor(f, f"suite.params.autoencoders.{f}")
+            check_autoencoder(autoencoder, f"suite.params.autoencoders.{f}", f=f)
+
+    def check_config(self, cfg) -> None:
+        """Every f of the sweep is one an autoencoder supports and has one: suite.params.autoencoders[f]
+        (checked above) or the name autoencoder_pattern gives for it, which must exist with that f."""
+        factors = list(cfg.suite.sweep.get("f", DEFAULT_FACTORS))
+        require(bool(factors), "suite.sweep.f", f"give at least one f, e.g. {list(DEFAULT_FACTORS)}")
+        for f in factors:
+            check_downsample_factor(f, "suite.sweep.f")
+            if f in (self.autoencoders or {}):
+                continue
+            try:
+                name = autoencoder_for(f, self, cfg.data)
+            except (KeyError, IndexError, ValueError) as err:
+                raise ConfigError(f"config key 'suite.params.autoencoder_pattern': {self.autoencoder_pattern!r} cannot "
+                                  f"be filled in ({type(err).__name__}: {err}); its fields are {{f}}, {{data}} and "
+                                  "{resolution}") from None
+            check_autoencoder(name, "suite.params.autoencoder_pattern", f=f)
 
 
 def recipe_path(name: str) -> Path:
@@ -147,7 +168,7 @@ def train_one(session, params: Params, f: int, autoencoder: Any) -> dict[str, An
 
 def run(session, params: Params) -> None:
     cfg = session.cfg
-    factors = [int(f) for f in cfg.suite.sweep.get("f", [4, 8])]
+    factors = [int(f) for f in cfg.suite.sweep.get("f", DEFAULT_FACTORS)]
     family = params.family
     name = f"{family}_fsweep"          # one pipeline name, so every f lands on one curve
     for f in factors:

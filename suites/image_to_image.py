@@ -2,19 +2,26 @@
 paired quality (PSNR, SSIM, LPIPS; PSNR also inside a mask), FID of the outputs against the
 high-resolution reference set, a throughput row, and the input / output / ground-truth grids.
 
-PSNR is capped at PSNR_CAP_DB: an output equal to its ground truth (the identity "SR" of an image
-already at high resolution, an inpainting with nothing to fill) has MSE 0 and infinite PSNR, which
-a mean cannot hold; such images count as PSNR_CAP_DB and the row says how many were capped.
+An output equal to its ground truth (the identity "SR" of an image already at high resolution, an
+inpainting that happens to reproduce the masked pixels) has MSE 0 and infinite PSNR, which a mean
+cannot hold. Counting such images at a cap (100 dB) made one exact image of 8 lift a 39.6 dB mean to
+47.2 dB and win the bold (issue 28), so the PSNR mean is over the finite images only and the row says
+how many were left out (details `excluded`: count, of, reason; the tables print "(1 of 8 exact)");
+when every image is exact the value is +inf (the identity row).
 """
 from __future__ import annotations
 
+import math
+import textwrap
 import time
+import weakref
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from bench.data import build_source
 from bench.data.config import BUNDLED_DATASETS, ConfigError
@@ -24,7 +31,6 @@ from bench.metrics.summary import RunningMean
 from bench.results import MetricValue
 from models.core.interface import SampleBatch
 
-PSNR_CAP_DB = 100.0          # the value an exact reproduction counts as (MSE 0 -> +inf dB)
 QUALITY_METRICS = ("fid", "kid")
 CI = {"ci_kind": "95% normal CI of the mean", "aggregation": "per image, then mean"}
 
@@ -77,9 +83,10 @@ def held_out(session, data, n: int) -> tuple[SpooledImages, list[int] | None]:
     return truth, labels
 
 
-def capped_psnr(psnr: torch.Tensor) -> tuple[torch.Tensor, int]:
-    capped = torch.isinf(psnr) & (psnr > 0)
-    return torch.where(capped, torch.full_like(psnr, PSNR_CAP_DB), psnr), int(capped.sum())
+def finite_psnr(psnr: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(the finite PSNRs, how many images were exact: MSE 0, +inf dB), see the module docstring."""
+    exact = torch.isinf(psnr) & (psnr > 0)
+    return psnr[~exact], int(exact.sum())
 
 
 def masked_psnr(truth: torch.Tensor, output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -94,34 +101,45 @@ def masked_psnr(truth: torch.Tensor, output: torch.Tensor, mask: torch.Tensor) -
 
 
 class PairedQuality:
-    """Streaming PSNR (capped), SSIM and LPIPS of outputs against their ground truth, and inside a
+    """Streaming PSNR (exact images counted, not averaged), SSIM and LPIPS of outputs against their ground truth, and inside a
     mask (PSNR there; LPIPS of the output pasted into the truth, so it differs only inside)."""
 
     def __init__(self, lpips: tuple[torch.nn.Module, dict[str, Any]], masked: bool = False) -> None:
         self.lpips_model, self.lpips_details = lpips
         self.masked = masked
         self.psnr, self.ssim, self.lpips = RunningMean(), RunningMean(), RunningMean()
-        self.capped = 0
+        self.exact = 0     # images with MSE 0 (infinite PSNR): counted, left out of the mean
+        self.images = 0
 
     def update(self, truth: torch.Tensor, output: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         if self.masked:
             values = masked_psnr(truth, output, mask)
-            values, capped = capped_psnr(values[~torch.isnan(values)])
+            values = values[~torch.isnan(values)]
+            self.images += len(values)
+            values, exact = finite_psnr(values)
             self.psnr.update(values)
-            self.capped += capped
+            self.exact += exact
             inside = mask.to(torch.bool).expand_as(truth)
             self.lpips.update(lpips_per_image(self.lpips_model, truth, torch.where(inside, output, truth)))
             return
-        values, capped = capped_psnr(psnr_per_image(truth, output))
+        values = psnr_per_image(truth, output)
+        self.images += len(values)
+        values, exact = finite_psnr(values)
         self.psnr.update(values)
-        self.capped += capped
+        self.exact += exact
         self.ssim.update(ssim_per_image(truth, output))
         self.lpips.update(lpips_per_image(self.lpips_model, truth, output))
 
     def rows(self) -> list[MetricValue]:
         suffix = "_in_mask" if self.masked else ""
-        psnr_details = {**CI, "data_range": 1.0, "psnr_cap_db": PSNR_CAP_DB, "capped_images": self.capped}
-        rows = [mean_row(f"psnr{suffix}", self.psnr, "dB", psnr_details)]
+        psnr_details = {**CI, "data_range": 1.0, "aggregation": "per image, then mean over the finite ones",
+                        "excluded": {"count": self.exact, "of": self.images, "reason": "exact"}}
+        if self.images and self.exact == self.images:   # every output exact (the identity): +inf, no interval
+            rows = [MetricValue(f"psnr{suffix}", math.inf, n=self.images, unit="dB",
+                                details={**psnr_details, "excluded": {"count": 0, "of": self.images, "reason": "exact"},
+                                         "exact_images": self.images})]
+        else:
+            rows = [mean_row(f"psnr{suffix}", self.psnr, "dB", psnr_details)]
         if not self.masked:
             rows.append(mean_row("ssim", self.ssim, "", {**CI, "data_range": 1.0}))
         lpips_details = {**CI, **self.lpips_details}
@@ -149,29 +167,63 @@ def as_batch(images: torch.Tensor, start: int) -> SampleBatch:
                        labels=None, stage_seconds={}, stage_nfe={})
 
 
-def throughput_rows(session, seconds: float, n: int, what: str) -> list[MetricValue]:
+def throughput_rows(session, timer: "BatchTimer", what: str, warmup: str) -> list[MetricValue]:
     """Images per second of the method itself (data loading, degradation and metrics excluded),
     when `speed` is among metrics.names."""
     if "speed" not in session.cfg.metrics.names:
         return []
-    return [throughput_row(seconds, n, what)]
+    return [throughput_row(timer.batches, what, warmup)]
 
 
-def throughput_row(seconds: float, n: int, what: str) -> MetricValue:
-    return MetricValue("images_per_s", n / max(seconds, 1e-9), n=n, unit="img/s",
-                       details={"timed": what, "warmup": "none: each method timed over the whole set once"})
+WARMUP_IMAGES = 2   # images a pipeline samples untimed before its first timed batch in a run
+PIPELINE_WARMUP = f"{WARMUP_IMAGES} images sampled untimed before the pipeline's first timed batch of the run"
+BATCH_WARMUP = "the first batch run once untimed"
 
 
-class Timer:
+def warm_up(pipe, request) -> None:
+    """Sample WARMUP_IMAGES untimed, once per pipeline and run (lazy initialisation, allocator
+    growth and the first calls' dispatch costs fall here, as in bench.metrics.speed): without it
+    the inpainting suite's img/s of one method varied 12-30x between mask sets (issue 28)."""
+    if pipe in _WARM:
+        return
+    for _ in pipe.sample(request.with_range(request.start_index, min(request.n, WARMUP_IMAGES))):
+        pass
+    _WARM.add(pipe)
+
+
+_WARM: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def throughput_row(batches: Sequence[tuple[int, float]], what: str, warmup: str) -> MetricValue:
+    """images/s over (images, seconds) per timed batch (after a warm-up, `warmup` says which); the
+    interval is the min-max of the batches' own rates, as bench.metrics.speed states its spread."""
+    if not batches:
+        raise ValueError(f"throughput of {what}: no batch was timed")
+    n, seconds = sum(b for b, _ in batches), sum(s for _, s in batches)
+    rates = [b / max(s, 1e-9) for b, s in batches]
+    spread = {"ci_low": min(rates), "ci_high": max(rates)} if len(rates) > 1 else {}
+    return MetricValue("images_per_s", n / max(seconds, 1e-9), n=n, unit="img/s", **spread,
+                       details={"timed": what, "warmup": warmup, "batches_timed": len(batches), "batch_rates": rates,
+                                "ci_method": "min-max over batches" if spread else "none: one batch timed",
+                                "ci_kind": "spread of the timed batches' images/s; value: their images / their "
+                                           "seconds"})
+
+
+class BatchTimer:
+    """Wall time per batch: `with timer.batch(n): ...` or `timer.add(n, seconds)` (a pipeline's own
+    stage_seconds); `batches` is [(images, seconds)] in order."""
+
     def __init__(self) -> None:
-        self.seconds = 0.0
+        self.batches: list[tuple[int, float]] = []
 
-    def __enter__(self) -> "Timer":
-        self._start = time.perf_counter()
-        return self
+    def add(self, n: int, seconds: float) -> None:
+        self.batches.append((int(n), float(seconds)))
 
-    def __exit__(self, *exc: Any) -> None:
-        self.seconds += time.perf_counter() - self._start
+    @contextmanager
+    def batch(self, n: int) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.add(n, time.perf_counter() - start)
 
 
 def nearest_to(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -180,20 +232,52 @@ def nearest_to(images: torch.Tensor, size: int) -> torch.Tensor:
     return images.repeat_interleave(factor, dim=-1).repeat_interleave(factor, dim=-2)
 
 
-def write_grid(path: Path, rows: Sequence[torch.Tensor], k: int, scale: int = 4, pad: int = 2) -> Path:
+GRID_LABEL_WIDTH = 190   # px of the left column naming each row (24 characters of 13 px type)
+GRID_TITLE_HEIGHT = 26   # px of the title bar
+
+
+def write_grid(path: Path, rows: Sequence[torch.Tensor], k: int, scale: int = 4, pad: int = 2,
+               labels: Sequence[str] = (), title: str = "") -> Path:
     """A PNG with one row per entry of `rows` (uint8 NCHW, same size: e.g. input / output / ground
-    truth) and the first k images as columns, enlarged `scale`x by pixel repetition."""
+    truth), each named by its entry of `labels` in a left column, the first k images as columns,
+    enlarged `scale`x by pixel repetition, under `title`. Every grid of a suite run has the same
+    size (same k, rows and resolution), so a report's page is not ragged."""
     k = min(k, *(len(r) for r in rows))
     size = rows[0].shape[-1] * scale
-    canvas = torch.full((3, len(rows) * (size + pad) + pad, k * (size + pad) + pad), 255, dtype=torch.uint8)
+    left0, top0 = (GRID_LABEL_WIDTH if labels else 0), (GRID_TITLE_HEIGHT if title else 0)
+    canvas = torch.full((3, top0 + len(rows) * (size + pad) + pad, left0 + k * (size + pad) + pad), 255,
+                        dtype=torch.uint8)
     for i, row in enumerate(rows):
         for j in range(k):
             tile = nearest_to(row[j:j + 1], size)[0]
-            top, left = pad + i * (size + pad), pad + j * (size + pad)
+            top, left = top0 + pad + i * (size + pad), left0 + pad + j * (size + pad)
             canvas[:, top:top + size, left:left + size] = tile
+    image = Image.fromarray(canvas.permute(1, 2, 0).numpy())
+    draw = ImageDraw.Draw(image)
+    font, small = ImageFont.load_default(size=15), ImageFont.load_default(size=13)   # Pillow's own font
+    if title:
+        draw.text((pad + 4, 5), title, fill=(0, 0, 0), font=font)
+    for i, label in enumerate(labels):
+        top = top0 + pad + i * (size + pad)
+        lines = textwrap.wrap(label, 24, break_long_words=False)[:4]
+        draw.multiline_text((6, top + size // 2 - 8 * len(lines)), "\n".join(lines), fill=(0, 0, 0), font=small,
+                            spacing=3)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(path)
+    image.save(path)
     return path
+
+
+def hatch_masked(images: torch.Tensor, masks: torch.Tensor, scale: int = 4) -> torch.Tensor:
+    """uint8 NCHW enlarged `scale`x with the masked pixels (masks N1HW, 1 = to inpaint) drawn as a
+    black-and-white checkerboard, visible on any background: the mid-grey fill they had before
+    vanished on the gray backgrounds of `shapes` (issue 28)."""
+    big = nearest_to(images, images.shape[-1] * scale)
+    hole = nearest_to(masks.to(torch.uint8), masks.shape[-1] * scale).bool().expand_as(big)
+    h, w = big.shape[-2:]
+    cell = max(1, scale // 2)
+    yy, xx = torch.meshgrid(torch.arange(h) // cell, torch.arange(w) // cell, indexing="ij")
+    checker = (((yy + xx) % 2) * 255).to(torch.uint8).expand_as(big)
+    return torch.where(hole, checker, big)
 
 
 def chunks(n: int, size: int) -> Iterable[tuple[int, int]]:

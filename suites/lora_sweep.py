@@ -44,7 +44,7 @@ from bench.training.config import ADAPTER_TARGETS, AdapterConfig, TrainingConfig
 from bench.training.trainer import train
 from models.core.registry import build_pipeline
 from models.networks.adapters import VARIANTS, load_adapter, merge, unmerge
-from suites.params import SuiteParams
+from suites.params import SuiteParams, check_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class Params(SuiteParams):
             choice(v, "suite.params.variants", VARIANTS)
         for t in self.targets:
             choice(t, "suite.params.targets", ADAPTER_TARGETS)
+        check_checkpoint(self.base, "suite.params.base", self.family)   # at start, not after the first point trains
 
 
 def point_dir(session, point: dict[str, Any]) -> Path:
@@ -172,6 +173,9 @@ def latency(session, params: Params, pipe, prompts: list[str]) -> tuple[list[tup
     return out, float((images[True].int() - images[False].int()).abs().max())
 
 
+ROLES = {"base": "baseline", "full": "reference"}   # every adapter point: "method"
+
+
 def points(params: Params) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [{"variant": "base", "rank": 0, "targets": "none"}]
     if params.full_finetune:
@@ -191,6 +195,9 @@ def run(session, params: Params) -> None:
     base_quality: dict[str, float] = {}
     for point in points(params):
         summary = None if point["variant"] == "base" else train_point(session, params, point)
+        # the rows' role: the base model is the floor, full fine-tuning the reference the adapters are
+        # measured against; reports bold the best adapter only (issue 28)
+        row_point = {**point, "role": ROLES.get(point["variant"], "method")}
         pipe = build_point_pipeline(session, params, point, summary)
         values = concept_fidelity(session, params, pipe, reference, prompts, embedder)
         if summary is not None:
@@ -205,8 +212,8 @@ def run(session, params: Params) -> None:
                        MetricValue("final_loss", float(summary["final_loss"]), 1)]
             if "peak_memory_mib" in summary:
                 values.append(MetricValue("train_peak_memory_mib", float(summary["peak_memory_mib"]), 1, unit="MiB"))
-        session.record(pipe, values, point)
-        prior = session.evaluate(pipe, session.request(pipe), ["fid", "clip_score"], point,
+        session.record(pipe, values, row_point)
+        prior = session.evaluate(pipe, session.request(pipe), ["fid", "clip_score"], row_point,
                                  data=session.data_for(pipe))
         for value in prior:
             if point["variant"] == "base":
@@ -214,10 +221,10 @@ def run(session, params: Params) -> None:
             elif value.metric in base_quality:
                 drift = value.value - base_quality[value.metric]
                 session.record(pipe, [MetricValue(f"{value.metric.split('[')[0]}_drift", drift, value.n,
-                                                  details={"base": base_quality[value.metric]})], point)
+                                                  details={"base": base_quality[value.metric]})], row_point)
         if point["variant"] not in ("base", "full"):
             timings, diff = latency(session, params, pipe, prompts)
             for merged, seconds in timings:
                 session.record(pipe, [MetricValue("s_per_image", seconds, params.speed_n, unit="s")],
-                               {**point, "merged": merged})
-            session.record(pipe, [MetricValue("merge_max_abs_diff", diff, params.speed_n, unit="uint8")], point)
+                               {**row_point, "merged": merged})
+            session.record(pipe, [MetricValue("merge_max_abs_diff", diff, params.speed_n, unit="uint8")], row_point)

@@ -8,7 +8,7 @@ import itertools
 from dataclasses import dataclass
 
 from bench.data.config import ConfigError, require
-from bench.device import DTYPES
+from bench.device import DTYPE_NAMES, torch_dtype
 from bench.metrics.speed import measure_speed
 from suites.params import SamplingParams
 
@@ -30,9 +30,9 @@ def run(session, params: Params) -> None:
     steps_grid = [int(s) for s in sweep.get("steps", [cfg.sampler.steps])]
     batch_sizes = [int(b) for b in sweep.get("batch_size", [cfg.hardware.batch_size])]
     dtypes = list(sweep.get("dtype", [cfg.hardware.dtype]))
-    unknown = [d for d in dtypes if d not in DTYPES]
+    unknown = [d for d in dtypes if d not in DTYPE_NAMES]
     if unknown:
-        raise ValueError(f"config key 'suite.sweep.dtype': {unknown} not among {list(DTYPES)}")
+        raise ValueError(f"config key 'suite.sweep.dtype': {unknown} not among {list(DTYPE_NAMES)}")
     grid = list(itertools.product(samplers, steps_grid, batch_sizes))
     skipped = []
     for name in session.pipeline_names():
@@ -45,7 +45,7 @@ def run(session, params: Params) -> None:
             continue
         points = len(dtypes) * len(grid)
         for dtype in dtypes:
-            pipe.to(session.device, DTYPES[dtype])
+            pipe.to(session.device, torch_dtype(dtype))
             for k, (sampler, steps, batch_size) in enumerate(grid):
                 n = params.batches_per_repeat * batch_size
                 request = session.request(pipe, n=n, sampler=sampler, steps=steps, batch_size=batch_size)

@@ -8,9 +8,11 @@ the degraded image: models.families.cascaded; the LDM-style latent SR model, x4 
 latents: models.families.latent_concat), each at every factor in `factors` whose input size the
 pipeline takes (`Pipeline.superres_input_sizes`) and every degradation in `degradations`. One row
 set per (method, factor, degradation):
-FID (and KID) of the outputs vs the reference statistics at the high resolution, PSNR (capped,
-suites.image_to_image.PSNR_CAP_DB), SSIM, LPIPS, and throughput. An "identity" row (the
-high-resolution images themselves) gives the floor of FID and the capped PSNR. A grid per method
+FID (and KID) of the outputs vs the reference statistics at the high resolution, PSNR (the mean
+over finite images, exact ones counted: suites.image_to_image), SSIM, LPIPS, and throughput. An
+"identity" row (the high-resolution images themselves) gives the floor of FID (PSNR +inf). Rows carry a
+`role` (reports keep it out of the bold "best" and set it apart): identity "reference", the
+interpolations "baseline", the pipelines "method". A grid per method
 (input / output / ground truth) goes to grids/superres_<method>_x<factor>_<degradation>.png.
 """
 from __future__ import annotations
@@ -24,8 +26,9 @@ import torch
 from bench.data.config import require
 from bench.data.degrade import DEGRADATIONS, SR_FACTORS, degraded, upscale
 from bench.metrics.reconstruction import load_lpips
-from suites.image_to_image import (PairedQuality, Timer, as_batch, chunks, ground_truth, nearest_to, quality_set,
-                                   task_pipelines, throughput_rows, write_grid)
+from suites.image_to_image import (BATCH_WARMUP, PIPELINE_WARMUP, BatchTimer, PairedQuality, as_batch, chunks,
+                                   ground_truth, nearest_to, quality_set, task_pipelines, throughput_rows, warm_up,
+                                   write_grid)
 from suites.params import SamplingParams
 
 BASELINES = ("bicubic", "nearest")
@@ -39,7 +42,7 @@ class Params(SamplingParams):
     degradations: List[str] = field(default_factory=lambda: ["bicubic"])   # bicubic | blur_noise
     noise_std: float = 0.02            # blur_noise's Gaussian noise, in [0, 1] units
     baselines: List[str] = field(default_factory=lambda: list(BASELINES))
-    identity_row: bool = True          # the high-resolution images as their own "SR": FID floor, capped PSNR
+    identity_row: bool = True          # the high-resolution images as their own "SR": FID floor, PSNR +inf
     grid_k: int = 8                    # examples per grid
 
     def __post_init__(self) -> None:
@@ -92,10 +95,12 @@ def run(session, params: Params) -> None:
 
 def _evaluate(session, name, method, truth, lpips, data, point, family, low=None, grid=None, k=8) -> None:
     """Rows for an SR method given as a function of an index range -> uint8 high-resolution images."""
-    quality, fid, timer = PairedQuality(lpips), quality_set(session, data), Timer()
+    quality, fid, timer = PairedQuality(lpips), quality_set(session, data), BatchTimer()
     outputs = []
+    if family != "reference":   # a warm-up: the first batch once, untimed
+        method(0, min(len(truth), session.cfg.hardware.batch_size))
     for start, end in chunks(len(truth), session.cfg.hardware.batch_size):
-        with timer:
+        with timer.batch(end - start):
             out = method(start, end)
         quality.update(truth[start:end], out)
         if fid is not None:
@@ -104,10 +109,11 @@ def _evaluate(session, name, method, truth, lpips, data, point, family, low=None
             outputs.extend(out[:k - len(outputs)])
     rows = (fid.compute() if fid is not None else []) + quality.rows()
     if family != "reference":   # the identity copies nothing worth timing
-        rows += throughput_rows(session, timer.seconds, len(truth), f"{name} upsampling alone")
-    session.record(None, rows, point, pipeline_name=name, family=family)
+        rows += throughput_rows(session, timer, f"{name} upsampling alone", BATCH_WARMUP)
+    role = "reference" if family == "reference" else "baseline"   # never a method the table may bold
+    session.record(None, rows, {**point, "role": role}, pipeline_name=name, family=family)
     if grid is not None:
-        _grid(grid, low, outputs, truth, k)
+        _grid(grid, low, outputs, truth, k, name, point)
 
 
 def _evaluate_pipeline(session, pipe, low, labels, truth, lpips, data, point, grid, k) -> None:
@@ -121,21 +127,25 @@ def _evaluate_pipeline(session, pipe, low, labels, truth, lpips, data, point, gr
         point = {**point, "stage_overrides": json.dumps({k: dict(v) for k, v in request.stage_overrides.items()},
                                                         sort_keys=True)}
     quality, fid = PairedQuality(lpips), quality_set(session, data)
-    seconds, outputs = 0.0, []
+    timer, outputs = BatchTimer(), []
+    warm_up(pipe, request)
     for batch in pipe.sample(request):
         start = int(batch.indices[0])
-        seconds += sum(batch.stage_seconds.values())
+        timer.add(len(batch), sum(batch.stage_seconds.values()))
         quality.update(truth[start:start + len(batch)], batch.images)
         if fid is not None:
             fid.update(batch)
         if len(outputs) < k:
             outputs.extend(batch.images[:k - len(outputs)])
     rows = (fid.compute() if fid is not None else []) + quality.rows()
-    rows += throughput_rows(session, seconds, len(truth), "the SR stages' wall time (stage_seconds)")
-    session.record(pipe, rows, point, request=request)
-    _grid(grid, low, outputs, truth, k)
+    rows += throughput_rows(session, timer, "the SR stages' wall time (stage_seconds)", PIPELINE_WARMUP)
+    session.record(pipe, rows, {**point, "role": "method"}, request=request)
+    _grid(grid, low, outputs, truth, k, pipe.info.name, point)
 
 
-def _grid(path, low, outputs, truth, k) -> None:
+def _grid(path, low, outputs, truth, k, method, point) -> None:
     out = torch.stack(outputs)
-    write_grid(path, [nearest_to(low[:len(out)], truth.shape[-1]), out, truth[:len(out)]], k)
+    write_grid(path, [nearest_to(low[:len(out)], truth.shape[-1]), out, truth[:len(out)]], k,
+               labels=[f"input: {point['input_resolution']} px, {point['degradation']}", f"output: {method}",
+                       f"ground truth: {point['resolution']} px"],
+               title=f"super-resolution x{point['factor']}, {point['degradation']} degradation: {method}")

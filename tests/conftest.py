@@ -1,6 +1,7 @@
 """Shared test settings: CPU-only, offline, slow and GPU tests skipped unless asked for."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -47,3 +48,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_log_handlers():
+    """An in-process `python -m bench` (Hydra) leaves its console and file handlers on the root
+    logger, the console one bound to the stream pytest captured for that test. Once that stream is
+    closed, a later test's log line would print "--- Logging error ---" and a traceback."""
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) in (logging.StreamHandler, logging.FileHandler):   # pytest's own are subclasses
+            root.removeHandler(handler)
+            if type(handler) is logging.FileHandler:
+                handler.close()

@@ -83,21 +83,22 @@ def test_ddpm_and_ddim_pipelines():
             next(pipe.sample(SampleRequest(n=1, sampler="heun")))
 
 
-def test_latent_diffusion_pipelines():
+def tiny_vq():
+    return diffusers.VQModel(block_out_channels=[8, 8, 8, 8], in_channels=3, out_channels=3, latent_channels=3,
+                             norm_num_groups=4, down_block_types=["DownEncoderBlock2D"] * 4,
+                             up_block_types=["UpDecoderBlock2D"] * 4)        # f = 8, as LDMTextToImage assumes
+
+
+def tiny_ldm():
     torch.manual_seed(0)
-    vq = diffusers.VQModel(block_out_channels=[8, 8, 8, 8], in_channels=3, out_channels=3, latent_channels=3,
-                           norm_num_groups=4, down_block_types=["DownEncoderBlock2D"] * 4,
-                           up_block_types=["UpDecoderBlock2D"] * 4)        # f = 8, as LDMTextToImage assumes
     unet = diffusers.UNet2DModel(sample_size=2, in_channels=3, out_channels=3, layers_per_block=1,
                                  block_out_channels=(8, 8), norm_num_groups=4,
                                  down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
-    ldm = wrap_diffusers(diffusers.LDMPipeline(vqvae=vq, unet=unet, scheduler=diffusers.DDIMScheduler()), "ldm",
-                         scheduler="request")
-    assert ldm.info.resolution == 16 and ldm.info.stage_names == ("base", "decoder")
-    batch = next(ldm.sample(SampleRequest(n=2, steps=2, sampler="heun", batch_size=2)))
-    assert batch.images.shape == (2, 3, 16, 16) and batch.stage_nfe == {"base": 3.0}
-    assert_same_samples(images_of(ldm, n=2, steps=2, sampler="heun", batch_size=1), batch.images)
+    return diffusers.LDMPipeline(vqvae=tiny_vq(), unet=unet, scheduler=diffusers.DDIMScheduler())
 
+
+def tiny_ldm_text2im():
+    torch.manual_seed(0)
     from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertConfig, LDMBertModel
     bert = LDMBertModel(LDMBertConfig(vocab_size=64, max_position_embeddings=77, encoder_layers=1, encoder_ffn_dim=16,
                                       encoder_attention_heads=2, head_dim=8, d_model=16))
@@ -105,9 +106,18 @@ def test_latent_diffusion_pipelines():
         sample_size=2, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=16, attention_head_dim=4)
-    t2i = wrap_diffusers(diffusers.LDMTextToImagePipeline(vqvae=vq, bert=bert, tokenizer=tiny_tokenizer(77),
-                                                          unet=text_unet, scheduler=diffusers.DDIMScheduler()), "ldm-t2i",
-                         scheduler="request")
+    return diffusers.LDMTextToImagePipeline(vqvae=tiny_vq(), bert=bert, tokenizer=tiny_tokenizer(77), unet=text_unet,
+                                            scheduler=diffusers.DDIMScheduler())
+
+
+def test_latent_diffusion_pipelines():
+    ldm = wrap_diffusers(tiny_ldm(), "ldm", scheduler="request")
+    assert ldm.info.resolution == 16 and ldm.info.stage_names == ("base", "decoder")
+    batch = next(ldm.sample(SampleRequest(n=2, steps=2, sampler="heun", batch_size=2)))
+    assert batch.images.shape == (2, 3, 16, 16) and batch.stage_nfe == {"base": 3.0}
+    assert_same_samples(images_of(ldm, n=2, steps=2, sampler="heun", batch_size=1), batch.images)
+
+    t2i = wrap_diffusers(tiny_ldm_text2im(), "ldm-t2i", scheduler="request")
     settings = dict(n=2, prompts=PROMPTS, steps=2, guidance_scale=3.0, sampler="ddpm", seed=3)
     batch = next(t2i.sample(SampleRequest(batch_size=2, **settings)))
     assert batch.images.shape == (2, 3, 16, 16) and batch.stage_nfe == {"base": 4.0}
@@ -115,7 +125,7 @@ def test_latent_diffusion_pipelines():
     assert_same_samples(images_of(t2i, batch_size=1, **settings), batch.images)
 
 
-def test_unclip_prior_decoder_super_resolution():
+def tiny_unclip():
     torch.manual_seed(0)
     text_encoder = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
         vocab_size=64, hidden_size=16, projection_dim=16, intermediate_size=32, num_attention_heads=2,
@@ -137,6 +147,11 @@ def test_unclip_prior_decoder_super_resolution():
         prior_scheduler=scheduler(variance_type="fixed_small_log", prediction_type="sample", clip_sample_range=5.0),
         decoder_scheduler=scheduler(variance_type="learned_range", prediction_type="epsilon"),
         super_res_scheduler=scheduler(variance_type="fixed_small_log", prediction_type="epsilon"))
+    return pipe
+
+
+def test_unclip_prior_decoder_super_resolution():
+    pipe = tiny_unclip()
     unclip = wrap_diffusers(pipe, "tiny-unclip")
     assert unclip.info.stage_names == ("text_encoder", "prior", "decoder", "sr1") and unclip.info.resolution == 16
     settings = dict(n=2, prompts=PROMPTS, steps=2, guidance_scale=2.0, seed=7,

@@ -14,6 +14,7 @@ from bench.tools import gpu_check
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.mark.slow   # 30 s: every measurement of the GPU check at tiny sizes
 def test_dry_run_measures_everything_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "check" / "gpu_check.json"
     result = gpu_check.main(["--dry-run", "--out", str(out)])

@@ -62,7 +62,8 @@ def run(n: int, kind: str, dims: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("kind, dims", [("projection", 2048), pytest.param("inception", 2048, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind, dims", [pytest.param("projection", 2048, marks=pytest.mark.slow),
+                                        pytest.param("inception", 2048, marks=pytest.mark.slow)])
 def test_fid_peak_memory_does_not_grow_with_n(kind: str, dims: int) -> None:
     small, large = run(500, kind, dims), run(5000, kind, dims)
     print(f"\n{kind} {dims}-d: max RSS 500 -> {small['max_rss'] / 2**20:.1f} MiB, 5000 -> {large['max_rss'] / 2**20:.1f} "

@@ -125,6 +125,9 @@ def test_nan_in_the_reference_file_stops_naming_the_file_and_side(tmp_path):
 def test_nan_weights_fail_the_run_naming_the_pipeline_and_the_count(tmp_path):
     checkpoint = tmp_path / "nan_ckpt"
     shutil.copytree(CHECKPOINTS / "pixel_ddpm_shapes32", checkpoint)
+    # a user's own checkpoint (no recorded sha256): a copy keeping the shipped SHA256SUMS is refused
+    # at load for its changed weights before it could sample NaN (tests/test_guarded_inputs.py)
+    (checkpoint / "SHA256SUMS").unlink()
     weights = load_file(checkpoint / "model.safetensors")
     first = min(weights)
     weights[first] = torch.full_like(weights[first], float("nan"))

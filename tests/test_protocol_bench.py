@@ -40,6 +40,7 @@ def test_reading_an_npz_does_not_keep_the_file_resident(tmp_path: Path) -> None:
     assert status_kib("RssFile") - before < 2 * 1024      # KiB; the file is 7 * 1024 KiB
 
 
+@pytest.mark.slow   # 20 s: one interpreter per size
 def test_protocol_runs_each_size_in_its_own_process(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     summary = main(["--n", "6", "--compare", "3", "--ref-n", "6", "--batch", "3", "--threads", "1",
                     "--work-dir", str(tmp_path)])

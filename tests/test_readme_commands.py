@@ -6,12 +6,14 @@ loaded or sampled (`dry_run=true`). Placeholders (PATH_OR_ID, REF_DIR, FILE, sam
 /shared/...) become real temporary files and folders."""
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -56,11 +58,16 @@ def test_the_readme_has_the_commands_it_is_checked_for():
 
 @pytest.fixture
 def placeholders(tmp_path: Path) -> dict[str, str]:
-    """Real stand-ins for the README's placeholders."""
+    """Real stand-ins for the README's placeholders. A dry run opens every input as the run will
+    (issue 26): the model folder's model_index.json (its classes, not weights) and an image in
+    the reference folder."""
     model = tmp_path / "model"
     model.mkdir()
+    (model / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                       "scheduler": ["diffusers", "PNDMScheduler"]}))
     refs = tmp_path / "refs"
     refs.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(refs / "0.png")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n")
     samples = tmp_path / "samples.npz"

@@ -51,7 +51,8 @@ def test_lower_is_better_metric_rising_beyond_tolerance_fails(baseline: Path, tm
     out = capsys.readouterr().out
     assert "regression gate: FAIL: 1 regressed" in out
     line = next(l for l in out.splitlines() if " fid " in l and "regressed" in l)
-    assert "+0.6" in line and "0.5" in line and "steps=10" in line
+    assert "+0.6" in line and "0.5" in line
+    assert "pixel_tiny" in out.splitlines()[0]   # the table's heading: the pipeline (and its point)
     assert gate(baseline, make_run(tmp_path / "better", {"fid": 15.0})) == 0
     assert "1 improved" in capsys.readouterr().out
 
@@ -75,9 +76,12 @@ def test_missing_metric_fails_and_new_metric_does_not(baseline: Path, tmp_path: 
     assert "1 new" in capsys.readouterr().out
 
 
-def test_changed_sweep_point_is_reported_as_missing_with_a_hint(baseline: Path, tmp_path: Path, capsys):
-    assert gate(baseline, make_run(tmp_path / "moved", params={"steps": 20, "sampler": "ddim"})) == 1
-    assert "current run has it at (sampler=ddim, steps=20)" in capsys.readouterr().out
+def test_changed_sweep_point_is_reported_as_missing_with_a_hint(tmp_path: Path, capsys):
+    path = tmp_path / "b.json"
+    assert main(["--baseline", str(path), "--current", str(make_run(tmp_path / "g", params={"f": 4, "steps": 10})),
+                 "--update"]) == 0
+    assert gate(path, make_run(tmp_path / "moved", params={"f": 8, "steps": 10})) == 1
+    assert "current run has it at (f=8)" in capsys.readouterr().out
 
 
 def test_timing_is_skipped_by_default_and_checked_on_request(baseline: Path, tmp_path: Path):
@@ -108,7 +112,8 @@ def test_update_round_trip_keeps_tolerances(baseline: Path, tmp_path: Path):
     assert data["tolerances"]["fid"] == {"direction": "lower", "abs": 0.5, "rel": 0.02, "ci_k": 1.0,
                                          "skip": False}
     entry = next(e for e in data["entries"] if e["metric"] == "fid")
-    assert entry["value"] == 20.0 and entry["n"] == 64 and entry["params"] == {"sampler": "ddim", "steps": 10}
+    assert entry["value"] == 20.0 and entry["n"] == 64 and entry["params"] == {}
+    assert entry["settings"] == {"sampler": "ddim", "steps": 10}   # how it was made, apart from where
     data["tolerances"]["fid"]["abs"] = 3.0
     del data["tolerances"]["clip_score"]  # an exact name would take precedence over a pattern
     data["tolerances"]["clip*"] = {"rel": 0.2}
@@ -183,3 +188,76 @@ def test_gate_does_not_import_torch(baseline: Path, tmp_path: Path):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 1, done.stderr
     assert "regressed" in done.stdout
+
+
+# ---- issue 28: a baseline written by --update diffs value against value when a setting changed ----
+
+def statuses(diff_csv: Path) -> dict[str, str]:
+    return pd.read_csv(diff_csv).set_index("metric")["status"].to_dict()
+
+
+def test_update_baseline_diffs_values_and_names_a_changed_setting(baseline: Path, tmp_path: Path, capsys):
+    # `baseline` was written by --update from a run at steps=10: it records the settings. A run at
+    # steps=5 used to read "0 regressed, 5 missing, 5 new" in 400-character lines.
+    fewer = make_run(tmp_path / "steps5", {"fid": 23.0}, params={"steps": 5, "sampler": "ddim"})
+    capsys.readouterr()
+    assert gate(baseline, fewer, "--diff-out", str(tmp_path / "a.csv")) == 1
+    out = capsys.readouterr().out
+    assert "pixel_tiny: steps: baseline 10, current 5" in out
+    assert "1 regressed, 0 missing, 0 improved, 0 new, 3 ok, 1 skipped" in out
+    assert "+3 (+15.0%)" in next(l for l in out.splitlines() if " fid " in l)
+    assert max(len(line) for line in out.splitlines()) < 120
+    assert pd.read_csv(tmp_path / "a.csv").set_index("metric").loc["fid", "settings_differ"] == \
+        "steps: baseline 10, current 5"
+    # ... exactly as a baseline that records no settings (the committed one's format) diffs it
+    bare = json.loads(baseline.read_text())
+    for entry in bare["entries"]:
+        entry.pop("settings")
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps(bare))
+    assert gate(plain, fewer, "--diff-out", str(tmp_path / "b.csv")) == 1
+    assert statuses(tmp_path / "a.csv") == statuses(tmp_path / "b.csv")
+    # and as a baseline from before settings were kept apart (they sat among the params)
+    old = json.loads(baseline.read_text())
+    for entry in old["entries"]:
+        entry["params"] = {**entry["params"], **entry.pop("settings")}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert gate(tmp_path / "old.json", fewer, "--diff-out", str(tmp_path / "c.csv")) == 1
+    assert statuses(tmp_path / "a.csv") == statuses(tmp_path / "c.csv")
+    # within tolerance the changed setting is named, and the values decide
+    capsys.readouterr()
+    assert gate(baseline, make_run(tmp_path / "same", params={"steps": 5, "sampler": "ddim"})) == 0
+    assert "steps: baseline 10, current 5" in capsys.readouterr().out
+
+
+def test_a_swept_setting_is_part_of_the_point(tmp_path: Path, capsys):
+    def sweep(run_dir: Path, steps: list[int], fid: float = 20.0) -> Path:
+        rows = [make_row(RunContext("run", "s", "pixel_tiny", "pixel", {"steps": s, "sampler": "ddim"}),
+                         MetricValue("fid", fid + s, 64)) for s in steps]
+        write_results(run_dir, rows)
+        (run_dir / "manifest.json").write_text(json.dumps({"status": "complete"}))
+        return run_dir
+
+    path = tmp_path / "b.json"
+    assert main(["--baseline", str(path), "--current", str(sweep(tmp_path / "g", [10, 20])), "--update"]) == 0
+    assert {e["params"]["steps"] for e in json.loads(path.read_text())["entries"]} == {10, 20}
+    assert gate(path, sweep(tmp_path / "same", [10, 20])) == 0
+    capsys.readouterr()
+    assert gate(path, sweep(tmp_path / "half", [10])) == 1   # steps=20 is missing, not matched to 10
+    out = capsys.readouterr().out
+    assert "0 regressed, 1 missing" in out and "settings differ" not in out
+
+
+def test_long_settings_and_notes_keep_lines_readable(baseline: Path, tmp_path: Path, capsys):
+    params = {"steps": 10, "sampler": "ddim", "checkpoint": "/a/very/long/path/" * 8,
+              "pipeline_params": json.dumps({"adapter": "heart_lora_r4", "adapter_scale": 0.5, "x": "y" * 90})}
+    path = tmp_path / "b.json"
+    assert main(["--baseline", str(path), "--current", str(make_run(tmp_path / "g", params=params)), "--update"]) == 0
+    changed = {**params, "pipeline_params": json.dumps({"adapter": "heart_lora_r4", "adapter_scale": 1.0,
+                                                        "x": "y" * 90})}
+    capsys.readouterr()
+    assert gate(path, make_run(tmp_path / "c", {"psnr": None}, params=changed)) == 1
+    out = capsys.readouterr().out
+    assert "pipeline_params.adapter_scale: baseline 0.5, current 1.0" in out
+    assert "psnr" in out and "missing" in out
+    assert max(len(line) for line in out.splitlines()) < 120

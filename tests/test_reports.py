@@ -105,7 +105,15 @@ def test_pivot_rows_sorted_numerically_and_cells_formatted(multirun: Path):
 def test_cell_formatting_follows_the_ci():
     assert format_cell(Cell(12.3456, 12.3333, 12.3579, 64), "fid") == "12.346 ± 0.012"
     assert format_cell(Cell(0.5, 0.1, 0.6, 64), "precision") == "0.50 [0.10, 0.60]"
-    assert format_cell(Cell(0.5, 0.1, 0.6, 64), "precision", ci_style="pm") == "0.50 ± 0.25"
+    # ci: pm never writes "±" for an asymmetric interval (issue 28: 0.031 [0.006, 0.157] read 0.031 ± 0.076)
+    assert format_cell(Cell(0.5, 0.1, 0.6, 64), "precision", ci_style="pm") == "0.50 [0.10, 0.60]"
+    assert format_cell(Cell(0.5, 0.4, 0.6, 64), "precision", ci_style="pm") == "0.50 ± 0.10"
+    # a Wilson interval or a min-max spread that happens to be symmetric is still no "± CI"
+    assert format_cell(Cell(0.5, 0.4, 0.6, 64, bracket=True), "precision") == "0.50 [0.40, 0.60]"
+    assert format_cell(Cell(39.61, 37.5, 41.7, 7, note="1 of 8 exact"), "psnr") == "39.6 ± 2.1 (1 of 8 exact)"
+    assert format_cell(Cell(float("inf"), float("nan"), float("nan"), 8), "psnr") == "∞"
+    assert format_cell(Cell(float("nan"), float("nan"), float("nan"), 8), "psnr") == "–"   # never "nan"
+    assert format_cell(Cell(1.0, 1.0 - 1e-9, 1.0 + 1e-9, 8), "ssim", decimals=4) == "1.0000"   # no "± 0.0000"
     assert format_cell(Cell(27.123456, float("nan"), float("nan"), 8), "psnr") == "27.12"
     assert format_cell(Cell(0.012345, float("nan"), float("nan"), 8), "kid") == "0.0123"
     assert format_cell(None, "fid") == "–"

@@ -98,3 +98,72 @@ def test_external_npz_without_a_store_is_read_from_its_path(tmp_path: Path) -> N
     (grid,) = write_grids([run], tmp_path / "out", k=3)
     assert grid.name == "theirs.png" and grid.read_bytes().startswith(PNG_MAGIC)
     assert write_grids([tmp_path / "nothing"], tmp_path / "none") == []
+
+
+# ---- issue 28: grids read at a glance ------------------------------------------------------------
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every matplotlib figure the grids save, to read its captions and title."""
+    from matplotlib.figure import Figure
+    figures, save = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figures.append(self), save(self, *a, **k))[1])
+    return figures
+
+
+def captions(figure) -> list[str]:
+    return [ax.get_xlabel() for ax in figure.axes]
+
+
+def test_class_labels_are_captioned_with_the_class_names(tmp_path: Path, drawn: list) -> None:
+    run = make_run(tmp_path / "run")
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps({"class_names": ["circle", "square", "triangle"]}))
+    (run / "manifest.json").write_text(json.dumps({"status": "complete", "checkpoints": {
+        "pixel": {"label": "pixel", "checkpoint": str(checkpoint)}}}))
+    write_grids([run], tmp_path / "out", k=4)
+    assert captions(drawn[0]) == ["circle", "square", "triangle", "circle"]   # labels i % 3
+    # no checkpoint record: a run on the bundled shapes data names its classes (bench.data.shapes.KINDS)
+    (run / "manifest.json").write_text(json.dumps({"status": "complete", "config": {"data": {"name": "shapes"}}}))
+    drawn.clear()
+    write_grids([run], tmp_path / "out2", k=3)
+    assert captions(drawn[0]) == ["circle", "square", "triangle"]
+
+
+def test_every_grid_of_a_report_has_one_size(tmp_path: Path) -> None:
+    from PIL import Image
+    run = make_run(tmp_path / "run")   # 20 labelled samples, and two stores of 12 prompted ones
+    sizes = {Image.open(p).size for p in write_grids([run], tmp_path / "out", k=16)}
+    assert len(sizes) == 1, sizes
+
+
+def test_the_grid_title_names_the_adapter_and_its_scale(tmp_path: Path, drawn: list) -> None:
+    run = make_run(tmp_path / "run")
+    params = json.dumps({"adapter": "heart_lora_r4", "adapter_scale": 0.5})
+    rows = [make_row(RunContext("r", "smoke", "pixel", "pixel", {"pipeline_params": params}),
+                     MetricValue("fid", 3.0, 20))]
+    write_results(run, rows)
+    write_grids([run], tmp_path / "out", k=4)
+    titles = [fig._suptitle.get_text() for fig in drawn]
+    assert "pixel + adapter heart_lora_r4 (scale 0.5): first 4 samples, seed 0" in titles
+    assert not any("adapter" in t for t in titles if t.startswith("text_model"))
+
+
+def test_image_to_image_grids_label_their_rows_and_show_masks_on_any_background(tmp_path: Path) -> None:
+    from PIL import Image
+    from suites.image_to_image import hatch_masked, write_grid
+    gray = torch.full((2, 3, 8, 8), 128, dtype=torch.uint8)   # the shapes data's gray background
+    masks = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    masks[:, :, 2:6, 2:6] = 1
+    shown = hatch_masked(gray, masks, scale=4)
+    hole = shown[:, :, 8:24, 8:24]
+    assert shown.shape == (2, 3, 32, 32) and set(hole.unique().tolist()) == {0, 255}   # black and white
+    assert (shown[:, :, :8] == 128).all()                                               # the rest untouched
+    plain = Image.open(write_grid(tmp_path / "a.png", [gray, gray, gray], k=2))
+    labelled = write_grid(tmp_path / "b.png", [gray, gray, gray], k=2, labels=["input", "output: x", "ground truth"],
+                          title="super-resolution x2: x")
+    image = np.asarray(Image.open(labelled))
+    assert image.shape[1] > plain.size[0] and image.shape[0] > plain.size[1]
+    label_column = image[26:, :150]
+    assert (label_column < 100).any()   # the row names are drawn there (dark text on white)

@@ -65,7 +65,7 @@ def table_rows(page: str) -> list[list[str]]:
     """Rows (cell texts) of every results table, in document order."""
     out = []
     for table in re.findall(r'<table class="results sortable">(.*?)</table>', page, re.S):
-        for row in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1], re.S):
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table.split("<tbody>")[1], re.S):   # rows may carry a class (role, rule)
             out.append([re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)])
     return out
 

@@ -4,6 +4,7 @@ over every model that has both, the f-sweep trade-off, `--plot METRIC:pipeline` 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -118,3 +119,55 @@ def test_cli_plots_a_metric_by_pipeline(tmp_path: Path, capsys: pytest.CaptureFi
     assert sorted(p.name for p in (out / "plots").iterdir()) == ["psnr_by_data.png", "rfid_by_pipeline.png"]
     assert reports_main([str(run), "--quiet", "--out", str(out), "--plot", "rfid:nonsense"]) == 2
     assert "axis 'nonsense' is not in the results; available: ['pipeline'" in capsys.readouterr().err
+
+
+# ---- issue 28: plots a person reads at a glance ------------------------------------------------
+
+def steps_rows() -> list[dict]:
+    """Two smoke runs of one single-stage pipeline differing in steps (the issue's 12 plots)."""
+    rows = []
+    for steps in (10, 20):
+        values = {"fid": 90.0 - steps, "kid": 0.05 - steps / 1000, "precision": 0.2 + steps / 100,
+                  "recall": 0.5, "images_per_s": 400.0 / steps, "s_per_image": steps / 400.0,
+                  "nfe_per_image": float(steps), "nfe_per_image[base]": float(steps),
+                  "stage_s_per_image[base]": steps / 400.0, "stage_share[base]": 1.0, "peak_memory_mib": 300.0}
+        rows += [row("pixel_ddpm", metric, value, steps=steps) for metric, value in values.items()]
+    return rows
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    from matplotlib.figure import Figure
+    saved, save = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (saved.append(self), save(self, *a, **k))[1])
+    return saved
+
+
+def test_no_plot_of_a_constant_or_repeated_series(tmp_path: Path) -> None:
+    written = names(write_plots(pd.DataFrame(steps_rows()), tmp_path))
+    # stage_share[base] = 1.0 at both points, recall and peak memory flat; the one stage repeats the totals
+    assert written == ["fid_vs_steps.png", "images_per_s_vs_steps.png", "kid_vs_steps.png",
+                       "nfe_per_image_vs_steps.png", "precision_vs_steps.png", "s_per_image_vs_steps.png"]
+
+
+def test_axes_and_titles_say_what_is_plotted_in_words(tmp_path: Path, figures: list) -> None:
+    write_plots(pd.DataFrame(steps_rows()), tmp_path / "a")
+    write_plots(pd.DataFrame(speed_rows()), tmp_path / "b")
+    texts = [t for fig in figures for ax in fig.axes for t in (ax.get_xlabel(), ax.get_ylabel(), ax.get_title())]
+    assert "FID, lower is better" in texts and "sampling steps" in texts and "FID vs sampling steps" in texts
+    assert "images/s, higher is better" in texts
+    raw = re.compile(r"\b(fid|kid)\b|[a-z]_[a-z]|\[")   # a lower-case key, snake_case or a "[stage]" suffix
+    assert not [t for t in texts if raw.search(t)], texts
+
+
+def test_pareto_needs_three_points(tmp_path: Path) -> None:
+    two = pd.DataFrame([row("pixel", "fid", 60.0), row("pixel", "clip_score", 20.0),
+                        row("imagen", "fid", 50.0), row("imagen", "clip_score", 25.0)])
+    assert auto_specs(two)[1] == []   # the smoke run's two models: a table says who wins
+    three = pd.DataFrame([*two.to_dict("records"), row("unclip", "fid", 55.0), row("unclip", "clip_score", 30.0)])
+    assert auto_specs(three)[1] == [("clip_score", "fid")]
+
+
+def test_no_overview_of_single_values(tmp_path: Path) -> None:
+    one_model = pd.DataFrame([row("pixel", "fid", 60.0), row("pixel", "kid", 0.02)])
+    assert write_plots(one_model, tmp_path) == []   # one bar per panel would only repeat the table

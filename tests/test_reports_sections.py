@@ -98,7 +98,8 @@ def test_smoke_report_has_one_narrow_table_per_section(smoke_frame: pd.DataFrame
     assert generation.caption == "Settings shared by every row: dtype=float32, sampler=ddim, seed=0, steps=2."
     assert any("density" in note and "coverage" in note for note in generation.notes)
     recon = tables[2].pivot
-    assert recon.index_columns[:4] == ["pipeline", "f", "c", "regularizer"] and "data" in recon.index_columns
+    # the evaluation data set leads (rows of two data sets are not compared), then the LDM Table 8 columns
+    assert recon.index_columns[:5] == ["data", "pipeline", "f", "c", "regularizer"] and recon.group_by == ["data"]
     assert [recon.labels[m] for m in recon.metrics] == ["rFID", "PSNR (dB)", "SSIM", "LPIPS"]
     speed = tables[3].pivot
     assert speed.metrics == ["images_per_s", "s_per_image", "nfe_per_image", "peak_memory_mib"]

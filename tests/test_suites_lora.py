@@ -42,7 +42,7 @@ def test_lora_sweep_rows_table_and_plot(tmp_path: Path) -> None:
             / "adapter_model.safetensors").is_file()
     assert report_main([str(run)]) == 0
     assert (run / "plots" / "lora_fidelity_vs_forgetting.png").stat().st_size > 0
-    assert "concept_clip_i" in (run / "lora_sweep.md").read_text()
+    assert "CLIP-I" in (run / "lora_sweep.md").read_text()   # the preset table, headers as labels
 
 
 def test_lora_sweep_rejects_unknown_targets(tmp_path: Path) -> None:

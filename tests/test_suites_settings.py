@@ -103,5 +103,6 @@ def test_a_baseline_from_before_the_setting_columns_still_gates_runs_that_have_t
     now = dict(sampler="ddim", steps=50, seed=0, data="shapes")
     assert [c.status for c in compare(old, frame(80.1, **now))] == ["ok"]
     assert [c.status for c in compare(old, frame(95.0, **now))] == ["regressed"]
-    pinned = make_baseline(frame(80.0, **now))                        # a baseline with them: a setting counts
-    assert sorted(c.status for c in compare(pinned, frame(80.0, **{**now, "steps": 10}))) == ["missing", "new"]
+    pinned = make_baseline(frame(80.0, **now))    # a baseline with them: still value against value (issue 28.4),
+    compared = compare(pinned, frame(80.0, **{**now, "steps": 10}))   # the differing setting named beside it
+    assert [c.status for c in compared] == ["ok"] and compared[0].settings == {"steps": (50, 10)}

@@ -10,19 +10,37 @@
 """
 from __future__ import annotations
 
-from bench.data.base import ImageBatch, ImageSource, SourceDataset
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from bench.data.config import DATASETS, DataConfig
-from bench.data.folder import FolderSource
-from bench.data.images import BadImageError, DataError
-from bench.data.natural import NaturalSource
-from bench.data.npz import NpzSource
-from bench.data.shapes import ConceptSource, ShapesSource
+
+if TYPE_CHECKING:
+    from bench.data.base import ImageBatch, ImageSource, SourceDataset
+    from bench.data.images import BadImageError, DataError
 
 __all__ = ["BadImageError", "DataError", "ImageBatch", "ImageSource", "SourceDataset", "build_source"]
+
+# The package's names load on first use (PEP 562): importing bench.data.config, which the config
+# schema does, must not import torch, so that `python -m bench` reports a config typo before
+# torch's start-up (bench.preflight, issue 26).
+_LAZY = {"ImageBatch": "bench.data.base", "ImageSource": "bench.data.base", "SourceDataset": "bench.data.base",
+         "BadImageError": "bench.data.images", "DataError": "bench.data.images"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bench.data' has no attribute {name!r}")
 
 
 def build_source(cfg: DataConfig, split: str = "test") -> ImageSource:
     """The ImageSource the data config names."""
+    from bench.data.folder import FolderSource
+    from bench.data.images import DataError
+    from bench.data.natural import NaturalSource
+    from bench.data.npz import NpzSource
+    from bench.data.shapes import ConceptSource, ShapesSource
     if cfg.name == "shapes":
         return ShapesSource(cfg.resolution, cfg.n, cfg.seed, split)
     if cfg.name == "concept":

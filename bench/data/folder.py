@@ -3,8 +3,10 @@
 Files: .png, .jpg/.jpeg, .webp, .bmp (any case), searched recursively; hidden files and
 folders (names starting with ".") are ignored, as is everything with another extension.
 Links are followed, but each folder is listed once (a link to a folder already listed, e.g. a
-symlink loop, is skipped, by device and inode) and each file counted once (by resolved path);
-how many were skipped, and why, is logged.
+symlink loop, is skipped, by device and inode) and each file counted once (by resolved path); a
+link to a file that never resolves (a loop of links: a.png -> b.png -> a.png) is skipped too;
+how many were skipped, and why, is logged. Every role lists its folder this way (samples made
+elsewhere, reference data, grids).
 Order: sorted by relative POSIX path, so item i is the same file on every machine. With
 `n`, the first n files in that order are used.
 
@@ -26,6 +28,7 @@ sorted file order (blank lines skipped; the count must equal the number of files
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import logging
 import os
@@ -50,6 +53,7 @@ class ImageListing:
     files: list[str]                                           # relative POSIX paths, sorted
     repeated_folders: list[str] = field(default_factory=list)  # links to folders already listed
     repeated_files: list[str] = field(default_factory=list)    # second paths to files already counted
+    looped_links: list[str] = field(default_factory=list)      # links to files that loop, never reaching one
 
     def describe_skipped(self, root: Path) -> str | None:
         """A sentence for the log, or None when nothing was skipped."""
@@ -60,6 +64,9 @@ class ImageListing:
         if self.repeated_files:
             parts.append(f"{len(self.repeated_files)} file(s) already counted under another path (links to the same "
                          f"file; e.g. {self.repeated_files[0]})")
+        if self.looped_links:
+            parts.append(f"{len(self.looped_links)} link(s) that loop and reach no file (e.g. {self.looped_links[0]}; "
+                         "remove or fix the link)")
         if not parts:
             return None
         return (f"image folder {root}: skipped {' and '.join(parts)}; each image is counted once, "
@@ -94,6 +101,9 @@ def scan_images(root: Path) -> ImageListing:
                        if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
     counted: set[str] = set()
     for rel in sorted(candidates, key=lambda rel: (os.path.islink(root / rel), rel)):   # real files first
+        if _loops(root / rel):   # realpath does not fail on a loop; stat, open and decode would (ELOOP)
+            listing.looped_links.append(rel)
+            continue
         resolved = os.path.realpath(root / rel)
         if resolved in counted:
             listing.repeated_files.append(rel)
@@ -103,7 +113,19 @@ def scan_images(root: Path) -> ImageListing:
     listing.files.sort()
     listing.repeated_folders.sort()
     listing.repeated_files.sort()
+    listing.looped_links.sort()
     return listing
+
+
+def _loops(path: Path) -> bool:
+    """A link whose chain of links never reaches a file (ELOOP)."""
+    if not os.path.islink(path):
+        return False
+    try:
+        os.stat(path)
+    except OSError as err:
+        return err.errno == errno.ELOOP
+    return False
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -215,8 +237,11 @@ class FolderSource(ImageSource):
     def fingerprint_fields(self) -> dict[str, Any]:
         listing = hashlib.sha256()
         for rel in self.files:
-            stat = (self.root / rel).stat()
-            listing.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            try:
+                stat = (self.root / rel).stat()
+                listing.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            except OSError as err:   # a dangling link: its reading names it (or skips it), not the fingerprint
+                listing.update(f"{rel}\0unreadable {err.errno}\n".encode())
         return {"files": listing.hexdigest(), "on_bad_file": "skip" if self.skip_bad_files else "error",
                 **({"max_pixels": self.max_pixels} if self.max_pixels != DEFAULT_MAX_PIXELS else {}),
                 "captions": _file_sha256(self.captions_path) if self.captions_path else None}

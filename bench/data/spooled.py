@@ -18,6 +18,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from bench.atomic import naming
 from models.core.images import ImageSequence
 
 
@@ -34,7 +35,7 @@ class SpooledImages(ImageSequence):
         self._finalizer = weakref.finalize(self, _unlink, self.path)
         digest, n, item = hashlib.sha256(), 0, None
         try:
-            with os.fdopen(fd, "wb") as out:
+            with naming(self.path), os.fdopen(fd, "wb") as out:   # a full disk's error names the spool file
                 for batch in batches:
                     if batch.dtype != torch.uint8 or batch.ndim != 4 or (item and tuple(batch.shape[1:]) != item):
                         raise ValueError(f"{name}: batch of {batch.dtype} {tuple(batch.shape)}; expected uint8 "

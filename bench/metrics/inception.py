@@ -29,7 +29,7 @@ from bench.weights import ResolvedWeights, load_state_dict, resolve
 from bench.weights.convert import torch_fidelity_inception
 
 INPUT_SIZE = 299
-RESIZE_MODES = ("tf1", "clean")
+from bench.metrics.registry import RESIZE_MODES  # noqa: E402  its home is torch-free (the config reads it)
 POOL_FEATURES = "2048"
 LOGITS = "logits_unbiased"
 FC_KEYS = {"fc.weight", "fc.bias"}
@@ -48,16 +48,16 @@ def _tf1_grid(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     return lo, (lo + 1).clamp_max(n_in - 1), grid - lo.float()
 
 
-def resize_tf1(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW -> float32 NCHW 299x299 in [0, 255], bit-exact with torch-fidelity's
+def resize_tf1(images: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
+    """uint8 NCHW -> float32 NCHW size x size (299 by default) in [0, 255], bit-exact with torch-fidelity's
     `interpolate_bilinear_2d_like_tensorflow1x` (its "slow", exact method).
 
     Same per-element arithmetic, done separably: interpolate along x on the input rows first,
     then gather those rows along y. torch-fidelity gathers the four corners at full output size
     (~3x the work; tests/test_metrics_inception.py checks bit equality)."""
     x = images.float()
-    y_lo, y_hi, dy = (t.to(x.device) for t in _tf1_grid(x.shape[2], INPUT_SIZE))
-    x_lo, x_hi, dx = (t.to(x.device) for t in _tf1_grid(x.shape[3], INPUT_SIZE))
+    y_lo, y_hi, dy = (t.to(x.device) for t in _tf1_grid(x.shape[2], size))
+    x_lo, x_hi, dx = (t.to(x.device) for t in _tf1_grid(x.shape[3], size))
     left, right = x[..., x_lo], x[..., x_hi]
     rows = left + (right - left) * dx
     top, bottom = rows[:, :, y_lo], rows[:, :, y_hi]

@@ -50,7 +50,8 @@ class MetricSet:
         """Add one `models.core.interface.SampleBatch` (only `.images` and `.prompts` are read)."""
         images = batch.images
         features = self.features(images) if self.features is not None else {}
-        inputs = BatchInputs(images, batch.prompts, {name: features[key] for name, key in EXTRACTOR_OUTPUTS.items()
+        outputs = getattr(self.extractor, "outputs", EXTRACTOR_OUTPUTS)   # a ViT space's: its embedding as "pool"
+        inputs = BatchInputs(images, batch.prompts, {name: features[key] for name, key in outputs.items()
                                                      if key in features})
         for name, values in inputs.features.items():
             if count_nonfinite(values):   # the message only when needed: this runs for every batch

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.atomic import atomic_write
+from bench.atomic import atomic_write, shared_folder_write, sweep_shared_folder
+from bench.data.npz import check_statistics, load_npz_arrays, npz_headers
 from bench.paths import default_cache_dir
 from bench.metrics.frechet import CovarianceFactor, GaussianAccumulator
 from bench.metrics.inception import POOL_FEATURES, FeatureBank
@@ -82,18 +83,29 @@ def load_reference_npz(path: str | Path) -> ReferenceStats:
     if not path.is_file():
         raise ReferenceError(f"metrics.reference={path}: no such file; give an .npz with 'mu' and 'sigma' "
                              "(pytorch-fid --save-stats, EDM, ADM reference batches)")
-    with np.load(path, allow_pickle=False) as data:
-        if "mu" not in data or "sigma" not in data:
-            raise ReferenceError(f"metrics.reference={path}: the file has arrays {sorted(data.files)} but needs "
-                                 "'mu' and 'sigma' (Inception pool3 mean and covariance)")
-        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
-        n = int(data["n"]) if "n" in data else (len(data["arr_0"]) if "arr_0" in data else 0)
-        features = torch.from_numpy(data["features"]).float() if "features" in data else None
-        factor = _stored_factor(data, sigma, path)
-    if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
-        raise ReferenceError(f"metrics.reference={path}: mu {mu.shape} and sigma {sigma.shape} are not a "
-                             "D-vector and a DxD matrix")
+    # the guarded reader samples and reference data go through too (bench.data.npz): not a zip,
+    # pickled (object) arrays and damaged headers are refused naming the file, before anything loads
+    hint = "give an .npz with 'mu' and 'sigma' (pytorch-fid --save-stats, EDM, ADM reference batches)"
+    headers = npz_headers(path, "metrics.reference", hint)
+    if "mu" not in headers or "sigma" not in headers:
+        raise ReferenceError(f"metrics.reference={path}: the file has arrays {sorted(headers)} but needs "
+                             "'mu' and 'sigma' (Inception pool3 mean and covariance)")
+    data = _Arrays(load_npz_arrays(path, ["mu", "sigma", "n", "features", *FACTOR_FIELDS], "metrics.reference", hint))
+    check_statistics(path, data, "metrics.reference")   # layout and dtype; finite values: metric_set
+    mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    # an ADM reference batch counts its images in arr_0: read from the header, not loaded (GBs)
+    n = int(data["n"]) if "n" in data else (headers["arr_0"][0][0] if "arr_0" in headers and headers["arr_0"][0] else 0)
+    features = torch.from_numpy(data["features"]).float() if "features" in data else None
+    factor = _stored_factor(data, sigma, path)
     return ReferenceStats(mu, sigma, n, features, {"kind": "npz", "path": str(path)}, factor)
+
+
+class _Arrays(dict):
+    """Arrays read by the guarded reader, with NpzFile's `files` (what `_stored_factor` reads)."""
+
+    @property
+    def files(self) -> list[str]:
+        return list(self)
 
 
 def reference_key(fingerprint: str, extractor_key: dict[str, Any], n: int) -> dict[str, Any]:
@@ -111,7 +123,7 @@ def compute_reference(source: Any, extractor: Any, *, n: int, keep_features: int
     gaussian, bank = GaussianAccumulator(), FeatureBank(keep_features)
     bar = progress(total=n, desc=f"reference {source.name}", unit="img", disable=quiet)
     for batch in source.iter_batches(batch_size, 0, n, num_workers=num_workers):
-        features = extractor(batch.images)[POOL_FEATURES]
+        features = extractor(batch.images)[getattr(extractor, "pool_key", POOL_FEATURES)]   # a ViT space: its embedding
         gaussian.update(features)
         bank.update(features)
         bar.update(len(batch))
@@ -131,6 +143,7 @@ def reference_stats(source: Any, extractor: Any, *, n: int, keep_features: int =
     key = reference_key(source.fingerprint(), extractor.cache_key(), n)
     path = cache_path(Path(cache_dir) if cache_dir is not None else default_cache_dir(), source.name, key)
     wanted_features = min(keep_features, n)
+    sweep_shared_folder(path.parent)   # what killed writers left, when no run is writing there (issue 29)
     cached = _read_cache(path, key, wanted_features)
     if cached is not None:
         log.info("reference statistics from cache %s", path)
@@ -155,7 +168,7 @@ def _write_cache(path: Path, key: dict[str, Any], stats: ReferenceStats) -> None
                               "sigma_factor_fingerprint": np.array(factor.fingerprint)}
     if stats.features is not None:
         arrays["features"] = stats.features.numpy()
-    with atomic_write(path, "wb") as handle:
+    with shared_folder_write(path.parent), atomic_write(path, "wb") as handle:   # see sweep_shared_folder
         np.savez(handle, **arrays)
 
 

@@ -28,10 +28,21 @@ IMAGE_PAIRS = "image_pairs"             # (original, reconstruction) pairs of an
 TIMINGS = "timings"                     # timed sampling runs of a pipeline
 INCEPTION_INPUTS = frozenset({INCEPTION_POOL, INCEPTION_LOGITS})
 SAMPLE_INPUTS = INCEPTION_INPUTS | {CLIP_EMBEDDINGS}
+# How images are resized to the Inception's 299 px (bench.metrics.inception): torch-fidelity's TF1
+# bilinear or clean-fid's PIL bicubic. Here, torch-free, so the config checks it before torch loads.
+RESIZE_MODES = ("tf1", "clean")
 
 # What a metric compares the generated images against (MetricSet loads it once for all).
 MOMENTS = "moments"     # the reference's feature mean and covariance (an npz from elsewhere will do)
 FEATURES = "features"   # the reference's kept features themselves (computed from data here)
+
+# In which feature spaces (bench.metrics.feature_spaces) a sample metric runs. Its "pool features"
+# input (INCEPTION_POOL) is then that space's embedding, and its rows carry the space in their
+# names (`fd[dinov2-vit-l-14]`, `kid[...]`; feature_spaces.row_name).
+INCEPTION_SPACE = "inception"   # the Inception alone (IS reads its logits; CLIP score its own model)
+ANY_SPACE = "any"               # every space in metrics.features (FD/FID, KID, precision/recall, ...)
+CLIP_SPACE = "clip"             # the CLIP space metrics.cmmd_space (CMMD)
+SPACE_KINDS = (INCEPTION_SPACE, ANY_SPACE, CLIP_SPACE)
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,7 @@ class MetricSpec:
     rows: tuple[MetricKind, ...]       # the rows it writes
     keeps: frozenset[str] = frozenset()  # inputs it reads as the kept sample (the first max_kept_features)
     reference: str | None = None       # MOMENTS | FEATURES | None
+    spaces: str = INCEPTION_SPACE      # SPACE_KINDS: the feature spaces it runs in
 
     @property
     def sampled(self) -> bool:
@@ -88,6 +100,8 @@ def register(spec: MetricSpec) -> MetricSpec:
         raise ValueError(f"metric {spec.name!r} is registered twice")
     if not spec.keeps <= spec.needs or (spec.reference is not None and spec.reference not in (MOMENTS, FEATURES)):
         raise ValueError(f"metric {spec.name!r}: keeps must be among its needs, reference MOMENTS, FEATURES or None")
+    if spec.spaces not in SPACE_KINDS:
+        raise ValueError(f"metric {spec.name!r}: spaces must be one of {SPACE_KINDS}")
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -160,26 +174,34 @@ register(MetricSpec("speed", "bench.metrics.speed:measure_speed", frozenset({TIM
     _timing("gflops_per_forward", "GFLOPs/forward", LOWER, "GFLOPs", None, 21),
 )))
 register(MetricSpec("fid", "bench.metrics.fid:FidMetric", frozenset({INCEPTION_POOL}), (
-    MetricKind("fid", "FID", LOWER, _FID, decimals=2, rank=0, group="fid", variants="fid"),), reference=MOMENTS))
+    MetricKind("fid", "FID", LOWER, _FID, decimals=2, rank=0, group="fid", variants="fid"),
+    # the same Fréchet distance in another feature space: `fd[dinov2-vit-l-14]` (issue 27)
+    MetricKind("fd", "FD", LOWER, _FID, decimals=2, rank=0, group="fid", variants=r"(^|_)fd($|_)"),
+), reference=MOMENTS, spaces=ANY_SPACE))
 register(MetricSpec("kid", "bench.metrics.kid:KidMetric", frozenset({INCEPTION_POOL}), (
     MetricKind("kid", "KID", LOWER, GateDefaults(abs=0.001, rel=0.05), decimals=4, rank=1, group="kid",
-               variants="kid"),), keeps=frozenset({INCEPTION_POOL}), reference=FEATURES))
+               variants="kid"),), keeps=frozenset({INCEPTION_POOL}), reference=FEATURES, spaces=ANY_SPACE))
 register(MetricSpec("precision_recall", "bench.metrics.precision_recall:PrecisionRecallMetric",
                     frozenset({INCEPTION_POOL}), (
     MetricKind("precision", "Precision", HIGHER, _FRACTION, decimals=3, rank=2, group="fraction", variants="precision"),
     MetricKind("recall", "Recall", HIGHER, _FRACTION, decimals=3, rank=2, group="fraction", variants="recall"),
-), keeps=frozenset({INCEPTION_POOL}), reference=FEATURES))
+), keeps=frozenset({INCEPTION_POOL}), reference=FEATURES, spaces=ANY_SPACE))
 register(MetricSpec("density_coverage", "bench.metrics.density_coverage:DensityCoverageMetric",
                     frozenset({INCEPTION_POOL}), (
     MetricKind("density", "Density", HIGHER, GateDefaults(abs=0.02, rel=0.02), decimals=3, rank=2, group="density",
                variants="density"),
     MetricKind("coverage", "Coverage", HIGHER, _FRACTION, decimals=3, rank=2, group="fraction", variants="coverage"),
-), keeps=frozenset({INCEPTION_POOL}), reference=FEATURES))
+), keeps=frozenset({INCEPTION_POOL}), reference=FEATURES, spaces=ANY_SPACE))
 register(MetricSpec("inception_score", "bench.metrics.inception_score:InceptionScoreMetric",
                     frozenset({INCEPTION_LOGITS}), (
     MetricKind("inception_score", "IS", HIGHER, GateDefaults(abs=0.05, rel=0.02), decimals=2, rank=3,
                group="inception_score", variants=r"inception_score|(^|_)r?is($|_)"),
 ), keeps=frozenset({INCEPTION_LOGITS})))
+# CMMD (Jayasumana et al., CVPR 2024): MMD x 1000, Gaussian RBF kernel (sigma 10) on the normalised
+# embeddings of a CLIP space (metrics.cmmd_space, default clip-vit-l-14-336); row `cmmd[<space>]`.
+register(MetricSpec("cmmd", "bench.metrics.cmmd:CmmdMetric", frozenset({INCEPTION_POOL}), (
+    MetricKind("cmmd", "CMMD", LOWER, GateDefaults(abs=0.01, rel=0.05), decimals=3, rank=1, group="cmmd",
+               variants="cmmd"),), keeps=frozenset({INCEPTION_POOL}), reference=FEATURES, spaces=CLIP_SPACE))
 register(MetricSpec("clip_score", "bench.metrics.clip_score:ClipScoreMetric", frozenset({CLIP_EMBEDDINGS}), (
     MetricKind("clip_score", "CLIP score", HIGHER, GateDefaults(abs=0.25, rel=0.01), decimals=2, rank=4,
                group="clip_score", variants="clip"),)))
@@ -192,4 +214,7 @@ register(MetricSpec("reconstruction", "bench.metrics.reconstruction:Reconstructi
     MetricKind("lpips", "LPIPS", LOWER, GateDefaults(abs=0.005, rel=0.02), decimals=4, rank=8, group="lpips",
                variants="lpips"),
     MetricKind("rfid", "rFID", LOWER, _FID, decimals=2, rank=0, group="fid"),
+    # suite inpainting: % of out-of-mask pixels (any channel) the output changed; 0 = known pixels kept
+    MetricKind("changed_outside_mask", "changed outside mask", LOWER, GateDefaults(abs=0.5, rel=0.0), unit="%",
+               decimals=1, rank=9, group="percent"),
 )))

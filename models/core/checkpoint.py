@@ -15,14 +15,25 @@ A checkpoint may come from anyone, so nothing in it is trusted before it is chec
   budget (`set_memory_budget`, from `hardware.memory_budget_gb`; default half the physical
   RAM): a config.json asking for base_channels=4096 is refused in a second, not killed by the
   kernel after minutes of allocation. A builder's own key check (unknown keys) runs here too;
-- model.safetensors must parse (a truncated or garbage file is named) and match the config.
+- model.safetensors must parse (a truncated or garbage file is named) and match the config;
+- where the checkpoint records the sha256 of its weight files (`SHA256SUMS` beside them, the
+  `sha256sum` format: every shipped checkpoint and adapter, and everything `save_checkpoint` /
+  `save_adapter` write), each file is checked against it before use and refused on a mismatch,
+  naming the file (a bit flip in a shipped file would otherwise only show as NaN samples). The
+  check is cheap: a file verified once is remembered by its stat fingerprint (path, device,
+  inode, size, mtime_ns, ctime_ns) in `$DIFFBENCH_CACHE/verified/` and in memory, so it is hashed
+  again only when it changes. A user checkpoint without SHA256SUMS loads as before (the run's
+  manifest records the sha256 of its weights).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
+import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -32,10 +43,14 @@ from safetensors import SafetensorError
 from torch.overrides import TorchFunctionMode
 from safetensors.torch import load_file, save
 
-from bench.atomic import atomic_write_bytes, atomic_write_json
+from bench.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from bench.paths import default_cache_dir
 
+log = logging.getLogger(__name__)
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+SUMS_FILE = "SHA256SUMS"           # sha256 of the weight files, `sha256sum` format (`sha256sum -c SHA256SUMS`)
+VERIFIED_DIR = "verified"          # under $DIFFBENCH_CACHE: files whose sha256 matched, by stat fingerprint
 FORMAT = "diffbench-checkpoint/1"
 
 NetworkBuilder = Callable[[Mapping[str, Any]], nn.Module]
@@ -254,9 +269,117 @@ def save_checkpoint(directory: str | Path, networks: Mapping[str, nn.Module], co
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.to(WEIGHT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state_tensors(networks).items()}
-    atomic_write_bytes(directory / MODEL_FILE, save(tensors, metadata={"format": FORMAT, "dtype": dtype}))
+    data = save(tensors, metadata={"format": FORMAT, "dtype": dtype})
+    atomic_write_bytes(directory / MODEL_FILE, data)
+    # the sha256 of the bytes just written, so the export is verified at load like a shipped one
+    write_sums(directory, {MODEL_FILE: hashlib.sha256(data).hexdigest()})
     atomic_write_json(directory / CONFIG_FILE, {"format": FORMAT, **config})
     return directory
+
+
+# -- recorded sha256 of weight files (SHA256SUMS) and their verification at load ---------------------
+SUMS_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](\S.*)$")
+
+
+def write_sums(directory: str | Path, sums: Mapping[str, str]) -> Path:
+    """Write `directory/SHA256SUMS` ({path relative to directory: sha256}) atomically, in the
+    `sha256sum` format, so `cd DIR && sha256sum -c SHA256SUMS` checks it too."""
+    path = Path(directory) / SUMS_FILE
+    atomic_write_text(path, "".join(f"{sha}  {rel}\n" for rel, sha in sorted(sums.items())))
+    return path
+
+
+def sums_of(directory: str | Path, files: list[str]) -> dict[str, str]:
+    """{relative path: sha256} of `files` under `directory` (for write_sums)."""
+    return {rel: _hash_file(Path(directory) / rel) for rel in files}
+
+
+def read_sums(directory: str | Path) -> dict[str, str] | None:
+    """{relative path: sha256} from `directory/SHA256SUMS`; None when there is none. A file that is
+    not in the `sha256sum` format is a CheckpointError naming it (never ignored: it guards weights)."""
+    path = Path(directory) / SUMS_FILE
+    if not path.is_file():
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checksum file {path} cannot be read ({err}); copy the checkpoint again "
+                              f"(or re-export it)") from None
+    sums = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        match = SUMS_LINE.match(line)
+        if match is None:
+            raise CheckpointError(f"checksum file {path}, line {number}: not '<sha256>  <file>' (the sha256sum "
+                                  f"format); copy the checkpoint again, or rewrite it: sha256sum FILES > {SUMS_FILE}")
+        sums[match.group(2).removeprefix("./")] = match.group(1).lower()
+    return sums
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# stat fingerprint -> the sha256 it was verified against, in this process (the disk cache serves others)
+_verified: dict[tuple, str] = {}
+
+
+def _fingerprint(path: Path) -> tuple:
+    """What identifies a file's bytes without reading them: any write changes mtime and ctime
+    (ctime cannot be set back with utime, so a rewrite that restores mtime is caught too)."""
+    stat = os.stat(path)
+    return (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def _cache_file(fingerprint: tuple) -> Path:
+    name = hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:40]
+    return default_cache_dir() / VERIFIED_DIR / f"{name}.json"
+
+
+def verify_weights_file(path: str | Path, root: str | Path | None = None) -> str | None:
+    """Check a weight file against the sha256 recorded for it in `root/SHA256SUMS` (root: the
+    checkpoint or adapter directory; default the file's folder). Returns the verified sha256, or
+    None when none is recorded (a user checkpoint: loads as before). A mismatch is a
+    CheckpointError naming the file. Hashes a file once per stat fingerprint: later loads (this
+    process: memory; others: $DIFFBENCH_CACHE/verified/) only stat it."""
+    path = Path(path)
+    root = Path(root) if root is not None else path.parent
+    sums = read_sums(root)
+    rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    expected = None if sums is None else sums.get(rel)
+    if expected is None:
+        if sums is not None:   # a SHA256SUMS that leaves a weight file out guards nothing: say so
+            log.warning("checksum file %s lists no sha256 for %s; it is loaded unverified", root / SUMS_FILE, rel)
+        return None
+    fingerprint = _fingerprint(path)
+    if _verified.get(fingerprint) == expected:
+        return expected
+    cache = _cache_file(fingerprint)
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("fingerprint") == list(fingerprint) and cached.get("sha256") == expected:
+            _verified[fingerprint] = expected
+            return expected
+    except (OSError, ValueError, AttributeError):   # no entry yet, or an unreadable one: hash the file
+        pass
+    actual = _hash_file(path)
+    if actual != expected:
+        raise CheckpointError(
+            f"checkpoint weights {path} do not match the sha256 recorded in {root / SUMS_FILE} (recorded "
+            f"{expected[:16]}..., file {actual[:16]}...): the file is damaged or was changed after export; copy it "
+            f"again or re-export it (a shipped checkpoint: restore it with git checkout); if you changed the "
+            f"weights on purpose, record them anew: cd {root} && sha256sum {' '.join(sorted(sums))} > {SUMS_FILE}")
+    _verified[fingerprint] = expected
+    try:   # only a match is remembered; a cache that cannot be written costs a re-hash next time, no more
+        atomic_write_json(cache, {"fingerprint": list(fingerprint), "sha256": expected})
+    except OSError as err:
+        log.debug("cannot remember the verification of %s in %s: %s", path, cache, err)
+    return expected
 
 
 def load_config(directory: str | Path) -> dict[str, Any]:
@@ -277,13 +400,19 @@ def load_config(directory: str | Path) -> dict[str, Any]:
     return config
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file; a truncated or garbage file is a CheckpointError naming it."""
+def read_weights(path: str | Path, root: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a truncated or garbage file is a CheckpointError naming it,
+    and so is one whose sha256 differs from the one recorded in `root/SHA256SUMS`
+    (`verify_weights_file`; root defaults to the file's folder). The parse comes first, so a
+    truncated file is named as such; a file that parses but is damaged (a flipped bit in a weight)
+    is caught by the sha256."""
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint weights {path} are not a readable safetensors file ({err}); the file is "
                               "truncated or corrupt: copy it again or re-export the checkpoint") from None
+    verify_weights_file(path, root)
+    return tensors
 
 
 def load_weights(directory: str | Path, networks: Mapping[str, nn.Module]) -> None:

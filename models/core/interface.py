@@ -24,11 +24,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 
 from models.core.images import ImageSequence, is_images
+from models.core.names import THRESHOLDING_MODES  # noqa: F401  (re-exported; its home is torch-free)
 from models.core.seeding import NoiseSource
 
 CONDITIONING_KINDS = ("none", "class", "text")
 STAGE_KINDS = ("text_encoder", "prior", "denoiser", "super_resolution", "decoder", "loader")
-THRESHOLDING_MODES = ("none", "static", "dynamic")
 # NFE, the one convention (every family, every diffusers adapter): evaluations of the networks a
 # sampler integrates, i.e. of stages of these kinds, per image. As in EDM / k-diffusion, one
 # denoiser call on a batch counts 1 per image; classifier-free guidance's call on the doubled

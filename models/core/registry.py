@@ -3,10 +3,12 @@ modules are imported lazily so that building one family never imports another's 
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from models.core.interface import Pipeline
+if TYPE_CHECKING:   # for annotations only: the config reads FAMILY_MODULES before torch loads (issue 26)
+    from models.core.interface import Pipeline
 
 # family name -> module that registers it
 FAMILY_MODULES = {
@@ -20,7 +22,7 @@ FAMILY_MODULES = {
     "external": "models.families.external",
 }
 
-Builder = Callable[..., Pipeline]
+Builder = Callable[..., "Pipeline"]
 _BUILDERS: dict[str, Builder] = {}
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -50,6 +52,14 @@ def resolve_checkpoint(checkpoint: str | None) -> Path | None:
             f"checkpoint {checkpoint!r} not found (looked at {path} and {CHECKPOINT_DIR / checkpoint}); "
             f"pass a directory with model.safetensors + config.json, or one of the shipped: {shipped}")
     return path
+
+
+def looks_like_path(value: str) -> bool:
+    """A model named by a local path rather than a Hugging Face id (`name` or `org/name` of letters,
+    digits and `._-`): it exists here, starts with `.`, `/` or `~`, or has more than one `/`.
+    Messages then call it a path (issue 26: a missing folder was called a "model id")."""
+    return Path(value).expanduser().exists() or value.startswith((".", "~")) \
+        or re.fullmatch(r"[\w.-]+(/[\w.-]+)?", value) is None
 
 
 def build_pipeline(family: str, name: str, checkpoint: str | None = None, **params: Any) -> Pipeline:

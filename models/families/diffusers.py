@@ -48,6 +48,8 @@ from models.families.diffusers_common import (INSTALL_HINT, SCHEDULER_MODES, See
                                               make_scheduler, measured, require_diffusers, sample_generators,
                                               scheduler_mode, scheduler_record, scheduler_swapped)
 from models.core.interface import BatchContext, Pipeline, PipelineInfo, RequestError, SampleRequest, StageInfo
+from models.core.registry import looks_like_path
+from bench.data.config import ConfigError
 
 log = logging.getLogger(__name__)
 # The shipped options' names (conf/pipeline/diffusers_*.yaml): a row label that names the config
@@ -517,16 +519,54 @@ def wrap_diffusers(pipe: Any, name: str, **options: Any) -> DiffusersAdapter:
                      f"{sorted(ADAPTERS) + ['IFPipeline (+ IFSuperResolutionPipeline stages)']}")
 
 
+def saved_model_classes(folder: str) -> tuple[str, str]:
+    """(pipeline class, scheduler class(es), `+`-joined) that a save_pretrained() folder names in
+    its model_index.json, read without loading anything: what a dry run says will run, and what
+    preflight checks (a folder without model_index.json, or of a class no adapter serves, exits 2)."""
+    path = Path(folder).expanduser() / "model_index.json"
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+        pipeline_class = str(index["_class_name"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"diffusers model folder {Path(folder).expanduser()}: {path.name} cannot be read "
+                          f"({type(err).__name__}: {err}); give a folder written by save_pretrained()") from None
+    known = sorted(ADAPTERS) + ["IFPipeline", "IFSuperResolutionPipeline"]
+    if pipeline_class not in known:
+        raise ConfigError(f"diffusers model folder {Path(folder).expanduser()}: no adapter for {pipeline_class}; "
+                          f"supported: {known}")
+    schedulers = [str(value[1]) for key, value in index.items() if key.endswith("scheduler")
+                  and key != "image_noising_scheduler" and isinstance(value, list) and len(value) == 2 and value[1]]
+    return pipeline_class, "+".join(dict.fromkeys(schedulers)) or "(no scheduler)"
+
+
+def check_request_scheduler(pipeline_class: str, sampler: str, name: str) -> None:
+    """Refuse at start (before any model loads) what `params.scheduler=request` cannot do for a saved
+    pipeline class: UnCLIP keeps its own schedulers; heun needs a loop that scales model inputs.
+    The same refusals as `DiffusersAdapter.check_request` / `UnCLIP.__init__` (one matrix test)."""
+    adapter = ADAPTERS.get(pipeline_class)
+    if adapter is UnCLIP:
+        raise ConfigError(f"config key 'pipeline.params.scheduler': diffusers pipeline {name!r}: UnCLIP runs only "
+                          "with its own UnCLIPSchedulers (their steps take prev_timestep); set params.scheduler=saved")
+    if sampler == "heun" and adapter is not None and not adapter.scales_model_input:
+        raise RequestError(f"pipeline {name!r}: diffusers' {pipeline_class} loop does not scale model inputs by "
+                           "the sampler's sigmas, which heun (Karras sigmas) needs; use sampler ddpm, ddim or dpmpp_2m")
+
+
 def load_diffusers(source: str, **kwargs: Any) -> Any:
     diffusers = require_diffusers()
     if os.environ.get("DIFFBENCH_QUIET"):
         diffusers.utils.logging.disable_progress_bar()
+    if looks_like_path(source) and not Path(source).expanduser().is_dir():   # a path, not a model id (issue 26)
+        raise FileNotFoundError(f"diffusers model folder {source} does not exist; give a folder saved with "
+                                "save_pretrained(), or a Hugging Face model id (org/name)")
     try:
         return diffusers.DiffusionPipeline.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
-        where = "local folder" if Path(source).expanduser().exists() else "model id"
+        if looks_like_path(source):
+            raise FileNotFoundError(f"cannot load the diffusers model folder {source}: {err}. Give a folder saved "
+                                    "with save_pretrained() (it holds model_index.json)") from None
         raise FileNotFoundError(
-            f"cannot load diffusers pipeline from {where} {source!r}: {err}. Give a folder saved with "
+            f"cannot load diffusers pipeline from model id {source!r}: {err}. Give a folder saved with "
             "save_pretrained(), or a Hugging Face model id that is cached (offline: HF_HUB_OFFLINE=1) or reachable"
         ) from None
 

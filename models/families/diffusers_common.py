@@ -147,6 +147,11 @@ class SeededSteps:
             return self._scheduler.step(model_output, timestep, sample, *args, **kwargs)
         if "eta" in self._params and "eta" not in kwargs:
             kwargs["eta"] = self._eta
+        if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(self._scheduler.step).parameters.values()):
+            # a pipeline's loop is written for its own scheduler: DDIMPipeline passes DDIM's `eta` and
+            # `use_clipped_model_output`, which DDPM / DPM-Solver steps do not take (TypeError, issue 26).
+            # The request's eta is a DDIM setting, so the other samplers have nothing to take it as.
+            kwargs = {k: v for k, v in kwargs.items() if k in self._params}
         if "generator" not in self._params or kwargs.get("generator") is not None:
             return self._scheduler.step(model_output, timestep, sample, **kwargs)
         n, rows = len(self._generators), sample.shape[0]

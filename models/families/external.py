@@ -12,8 +12,9 @@ Config (conf/pipeline/external_*.yaml):
     family: external
     params: {path: samples.npz, prompts: prompts.txt, resolution: null, source: null, on_bad_file: error}
 `source` is inferred from `path` (a directory -> folder, a file -> npz); `resolution` defaults
-to the images' own size (a folder: the shorter side of its first readable image); other sizes are
-center-cropped and resized by the data rule (`bench.data.images`). `on_bad_file` (folders): `error`
+to the images' own size, as torch-fidelity and clean-fid score them: one square size per set, else
+refused naming the sizes found (`bench.data.sizes`); a given `resolution` center-crops and resizes
+every other size by the data rule (`bench.data.images`). `image_sizes` and `resize` say which, per row. `on_bad_file` (folders): `error`
 stops at an unreadable file naming it; `skip` leaves such files out before sampling starts, so the
 samples are the readable files in order (said in the log; their prompts stay matched to them).
 Every problem with the files is a `DataError` naming the file and what to do (the app exits 2).
@@ -21,19 +22,18 @@ Every problem with the files is a `DataError` naming the file and what to do (th
 from __future__ import annotations
 
 import logging
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from bench.data import BadImageError, DataError, build_source
 from bench.data.config import BAD_FILE_POLICIES, ConfigError, DataConfig
 from bench.data.folder import scan_images
-from bench.data.npz import check_image_array
+from bench.data.npz import check_image_array, npz_headers
+from bench.data.sizes import array_sizes, folder_sizes
 from bench.data.prompts import load_prompts
 from models.core.interface import (
     BatchContext,
@@ -58,6 +58,8 @@ class ExternalSamples(Pipeline):
     """Stored images as a pipeline: sample i is item i of an `ImageSource`."""
 
     samples_made_elsewhere = True
+    image_sizes: str = ""   # the sizes found in the files (bench.data.sizes), for the rows
+    resize: str = "none"    # what was done to them before the feature extractor
 
     def __init__(self, name: str, source: Any, prompts: Sequence[str] | None = None) -> None:
         self.source = source
@@ -140,48 +142,17 @@ class ExternalSamples(Pipeline):
 
 # -- building ------------------------------------------------------------------------------
 def npz_image_shape(path: Path) -> tuple[int, ...]:
-    """arr_0's shape from its .npy header, without reading the images (compressed or not)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = archive.namelist()
-            if "arr_0.npy" not in members:
-                keys = [m.removesuffix(".npy") for m in members]
-                raise DataError(f"npz file {path} (pipeline.params.path) has no arr_0 (found {keys}); save the "
-                                "images as the first positional array: np.savez(path, images_uint8_nhwc[, labels])")
-            with archive.open("arr_0.npy") as member:
-                version = np.lib.format.read_magic(member)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-                elif version == (2, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-                else:                          # rare .npy versions: read the array to learn its shape
-                    with np.load(path) as data:
-                        shape, dtype = data["arr_0"].shape, data["arr_0"].dtype
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as err:
-        if isinstance(err, DataError):
-            raise
-        raise DataError(f"npz file {path} (pipeline.params.path): cannot read arr_0 ({err}); it must be an "
-                        "ADM-style npz written by np.savez(path, images_uint8_nhwc[, labels])") from None
+    """arr_0's shape from its .npy header, without reading the images (compressed or not), through
+    the guarded reader every npz of every role goes through (bench.data.npz.npz_headers: not a zip,
+    pickled arrays and damaged headers are refused naming the file)."""
+    headers = npz_headers(path, "pipeline.params.path",
+                          hint="it must be an ADM-style npz written by np.savez(path, images_uint8_nhwc[, labels])")
+    if "arr_0" not in headers:
+        raise DataError(f"npz file {path} (pipeline.params.path) has no arr_0 (found {sorted(headers)}); save the "
+                        "images as the first positional array: np.savez(path, images_uint8_nhwc[, labels])")
+    shape, dtype = headers["arr_0"]
     check_image_array(path, tuple(shape), np.dtype(dtype))   # NCHW, wrong dtype or no images: named here
     return tuple(int(s) for s in shape)
-
-
-def folder_image_size(path: Path, on_bad_file: str = "error") -> int:
-    """The shorter side of the folder's first readable image (what it skips is logged once, by
-    FolderSource); an unreadable first file stops here unless on_bad_file=skip."""
-    files = scan_images(path).files
-    if not files:
-        raise DataError(f"image folder {path} (pipeline.params.path) contains no images (.png, .jpg, .jpeg, .webp, "
-                        ".bmp, searched recursively); point pipeline.params.path at the folder of samples")
-    for name in files:
-        try:
-            with Image.open(path / name) as image:
-                return min(image.size)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            if on_bad_file != "skip":
-                raise BadImageError(path / name, f"{type(err).__name__}: {err}", BAD_SAMPLE_HINT) from None
-    raise DataError(f"image folder {path} (pipeline.params.path): none of its {len(files)} files can be read "
-                    "as an image")
 
 
 def build_external_samples(name: str, path: str | Path, source: str | None = None,
@@ -201,8 +172,15 @@ def build_external_samples(name: str, path: str | Path, source: str | None = Non
     if kind == "npz" and on_bad_file != "error":
         raise ConfigError("config key 'pipeline.params.on_bad_file': applies to folders of image files; "
                           "an npz holds decoded arrays, remove it")
+    # every image at its own size unless a resolution is asked for (issue 26: torch-fidelity and
+    # clean-fid resize nothing before the Inception); the sizes found go into every row
+    if kind == "npz":
+        shape = npz_image_shape(path)
+        sizes = array_sizes(shape, min(shape[0], n or shape[0]))
+    else:
+        sizes = folder_sizes(path, _folder_files(path)[:n], skip_bad=on_bad_file == "skip", hint=BAD_SAMPLE_HINT)
     if resolution is None:
-        resolution = npz_image_shape(path)[1] if kind == "npz" else folder_image_size(path, on_bad_file)
+        resolution = sizes.own_resolution(f"samples {kind} {path} (pipeline.params.path)", "pipeline.params.resolution")
     captions = None
     if kind == "folder" and prompts is not None and Path(prompts).suffix.lower() == ".csv" \
             and _csv_has_file_column(Path(prompts)):
@@ -214,7 +192,18 @@ def build_external_samples(name: str, path: str | Path, source: str | None = Non
         prompt_list = list(data.captions)
     else:
         prompt_list = load_prompts(prompts) if prompts is not None else None
-    return ExternalSamples(name, data, prompt_list)
+    pipe = ExternalSamples(name, data, prompt_list)
+    pipe.image_sizes = sizes.describe()
+    pipe.resize = sizes.resize_note(int(resolution), "pipeline.params.resolution")
+    return pipe
+
+
+def _folder_files(path: Path) -> list[str]:
+    files = scan_images(path).files
+    if not files:
+        raise DataError(f"image folder {path} (pipeline.params.path) contains no images (.png, .jpg, .jpeg, .webp, "
+                        ".bmp, searched recursively); point pipeline.params.path at the folder of samples")
+    return files
 
 
 def _csv_has_file_column(path: Path) -> bool:

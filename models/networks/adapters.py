@@ -26,7 +26,8 @@ named in TEXT_ROLES are the text encoders, every other role is a denoiser.
 
 On disk an adapter is a directory: `adapter.json` (variant, rank, targets, base checkpoint, training
 record) and, per adapted role, `<role>/adapter_model.safetensors` + `<role>/adapter_config.json`,
-peft's own layout (PeftConfig.from_pretrained / get_peft_model_state_dict read and write it).
+peft's own layout (PeftConfig.from_pretrained / get_peft_model_state_dict read and write it), and
+`SHA256SUMS` (the sha256 of each `<role>/adapter_model.safetensors`, checked at load).
 """
 from __future__ import annotations
 
@@ -43,8 +44,9 @@ import torch.nn as nn
 from peft import (LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, get_peft_model_state_dict,
                   inject_adapter_in_model, set_peft_model_state_dict)
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from models.core.checkpoint import read_weights, sums_of, write_sums
 from models.core.registry import CHECKPOINT_DIR
 
 VARIANTS = ("lora", "dora", "loha", "lokr")
@@ -219,6 +221,8 @@ def save_adapter(directory: str | Path, networks: Mapping[str, nn.Module], confi
         roles[role] = {"parameters": int(sum(v.numel() for v in state.values())),
                        "layers": len(adapter_layers(networks[role]))}
     record = {"format": FORMAT, "spec": asdict(spec), "roles": roles, **dict(meta or {})}
+    # the sha256 of every weight file, verified at load (models.core.checkpoint.verify_weights_file)
+    write_sums(tmp, sums_of(tmp, [f"{role}/{WEIGHTS_FILE}" for role in configs]))
     (tmp / ADAPTER_JSON).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -267,7 +271,8 @@ def load_adapter(name: str | Path, networks: Mapping[str, nn.Module], scale: flo
         config = PeftConfig.from_pretrained(str(directory / role))
         inject_adapter_in_model(config, net, adapter_name=ADAPTER_NAME)
         first = next(net.parameters())
-        state = {k: v.to(first.device) for k, v in load_file(str(directory / role / WEIGHTS_FILE)).items()}
+        # read_weights: a damaged file is named, and one listed in the adapter's SHA256SUMS is verified
+        state = {k: v.to(first.device) for k, v in read_weights(directory / role / WEIGHTS_FILE, root=directory).items()}
         result = set_peft_model_state_dict(net, state, adapter_name=ADAPTER_NAME)
         unexpected = list(getattr(result, "unexpected_keys", []) or [])
         if unexpected:

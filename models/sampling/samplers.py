@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Protocol
 
 import torch
 
+from models.core.names import SAMPLER_NAMES
 from models.core.seeding import NoiseSource
 
 Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor], None]]
@@ -182,13 +183,9 @@ def sample_heun(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, noi
 
 Sampler = Callable[..., torch.Tensor]
 
-# The one list of sampler names: config validation (bench.config.SamplerConfig) reads it.
-SAMPLERS: dict[str, Sampler] = {
-    "ddpm": sample_ddpm,
-    "ddim": sample_ddim,
-    "dpmpp_2m": sample_dpmpp_2m,
-    "heun": sample_heun,
-}
+# Each sampler name (their list lives torch-free in models.core.names.SAMPLER_NAMES, which the
+# config checks before torch loads) -> its function.
+SAMPLERS: dict[str, Sampler] = dict(zip(SAMPLER_NAMES, (sample_ddpm, sample_ddim, sample_dpmpp_2m, sample_heun)))
 
 # Which noise-level grid each sampler is usually run on: the model's own timesteps for the
 # DDPM/DDIM lineage, Karras et al.'s rho = 7 spacing for the ODE solvers (EDM sec. 3).
