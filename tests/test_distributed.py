@@ -88,6 +88,7 @@ def test_merged_rank_states_equal_a_single_process():
     assert kept.capped and kept.seen == 60 and kept.kept == 50
 
 
+@pytest.mark.slow   # 40 s: two torchrun ranks
 def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path, tmp_path_factory):
     """`torchrun --nproc_per_node=2 -m bench` on CPU (gloo): the same FID/KID/PR within 1e-6
     as one process, and byte-identical sample shards; rank 0 alone writes the results."""

@@ -69,6 +69,7 @@ def test_cli_and_its_errors(tmp_path, capsys):
         export_npz(SampleStore(tmp_path / "nothing", {}), tmp_path / "out4.npz")
 
 
+@pytest.mark.slow   # a run, an export and a second run
 def test_fid_of_the_exported_adm_npz_equals_the_run(tmp_path, tmp_path_factory):
     """The project's own run, exported to ADM npz and evaluated as `pipeline=external_npz`,
     gives the same FID (and KID, precision, recall) as the run itself."""

@@ -23,6 +23,7 @@ def folder(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow   # tests/test_score.py covers every file scored in the default suite
 def test_every_external_sample_is_scored_without_suite_n_and_no_speed_is_claimed(folder, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         frame = run_suite(tmp_path / "run", "pipeline=external_folder", f"pipeline.params.path={folder}", *QUALITY)

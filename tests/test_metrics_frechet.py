@@ -158,8 +158,11 @@ def exact_trace_sqrt(x_small: np.ndarray, sigma_other: np.ndarray) -> float:
     return float(np.sqrt(np.clip(np.linalg.eigvalsh(x_small.T @ sigma_other @ x_small), 0, None)).sum())
 
 
-@pytest.mark.parametrize("rank1, rank2", [(2304, 2304), pytest.param(1000, 2304, marks=pytest.mark.slow),
-                                          pytest.param(2304, 1500, marks=pytest.mark.slow), (700, 900)])   # 2304: full rank
+SLOW = pytest.mark.slow   # full rank at d = 2048: 10-20 s each
+
+
+@pytest.mark.parametrize("rank1, rank2", [pytest.param(2304, 2304, marks=SLOW), pytest.param(1000, 2304, marks=SLOW),
+                                          pytest.param(2304, 1500, marks=SLOW), (700, 900)])   # 2304: full rank
 def test_cached_reference_factor_gives_the_same_value_at_2048_dimensions(rank1: int, rank2: int) -> None:
     """Real-size statistics, full rank and rank < d on either side: the value through a cached
     reference factor equals the uncached one bit for bit, and the previous computation (or, where

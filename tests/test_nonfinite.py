@@ -107,6 +107,7 @@ def test_nan_features_name_nan_and_the_generated_side(tmp_path):
     assert metrics.n == 0                   # nothing of the bad batch was accumulated
 
 
+@pytest.mark.slow   # a full run; the statistics check itself is tested in test_metrics_refstats
 def test_nan_in_the_reference_file_stops_naming_the_file_and_side(tmp_path):
     reference = tmp_path / "ref_nan.npz"
     mu = np.zeros(2048)

@@ -12,6 +12,7 @@ from bench.tools.overhead_bench import main
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.mark.slow   # a benchmark run end to end
 def test_all_three_comparisons_run_and_both_sides_make_the_same_images(capsys: pytest.CaptureFixture[str]) -> None:
     comparisons = main(["--batch", "2", "--steps", "2", "--repeats", "1", "--diffusers-size", "tiny",
                         "--diffusers-steps", "1", "--images", "4", "--feature-batch", "4"])

@@ -50,6 +50,7 @@ def test_f_sweep_trains_each_f_with_one_budget_and_plots_the_trade_off(tmp_path:
     assert by_f(again, "kid") == by_f(frame, "kid")
 
 
+@pytest.mark.slow   # a timing budget, meaningful on a quiet machine
 def test_f_sweep_wall_time_budget(tmp_path: Path):
     frame = run_suite(tmp_path / "wall", *TINY, "suite.sweep.f=[8]", RANDOM_AES,
                       "suite.params.budget={steps: null, seconds: 1.5}", "metrics.names=[kid]")

@@ -37,6 +37,7 @@ def test_main_configuration_passes_its_own_baseline(tiny_baseline: Path):
     assert {e["pipeline"] for e in entries} == {"pixel_ddpm"}
 
 
+@pytest.mark.slow   # a second regression run
 def test_degraded_checkpoint_fails_the_gate(tiny_baseline: Path, tmp_path: Path, capsys):
     # the shipped architecture with fresh random weights, under the same pipeline name
     run_suite(tmp_path / "untrained", *TINY, "+pipeline.params.untrained=true")

@@ -144,6 +144,7 @@ def test_config_composes_and_bad_values_are_named() -> None:
             validate(compose("train", overrides=["train.lr=-1"]))
 
 
+@pytest.mark.slow   # a training run through the CLI
 def test_cli_runs_end_to_end(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DIFFBENCH_QUIET": "1"}
     cmd = [sys.executable, "-m", "bench.train", "data.n=16", "data.resolution=8", "train.steps=2",

@@ -20,7 +20,6 @@ pinned value, source and path, so a number can always be traced to the file behi
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -36,6 +35,7 @@ from bench.weights import convert, pypi
 from bench.weights.catalog import Download, WeightSpec, spec_for
 from bench.weights.errors import WeightsIntegrityError, WeightsNotFoundError
 from bench.weights.formats import detect_format, file_sha256, save_safetensors
+from bench.weights.places import package_dir
 
 WEIGHTS_ENV = "DIFFBENCH_WEIGHTS"
 OFFLINE_ENV = "DIFFBENCH_OFFLINE"
@@ -66,15 +66,7 @@ def store_dir() -> Path:
     return default_cache_dir() / "weights"
 
 
-def _package_dir(module: str) -> Path | None:
-    """Where an installed package lives, without importing it (fid-helper imports cv2 etc.)."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
+_package_dir = package_dir   # where an installed package lives, without importing it (fid-helper imports cv2)
 
 
 def _torch_hub_checkpoints() -> Path:

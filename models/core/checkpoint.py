@@ -45,6 +45,7 @@ from safetensors.torch import load_file, save
 
 from bench.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from bench.paths import default_cache_dir
+from bench.weights.formats import file_sha256
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.safetensors"
@@ -318,11 +319,7 @@ def read_sums(directory: str | Path) -> dict[str, str] | None:
 
 
 def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 # stat fingerprint -> the sha256 it was verified against, in this process (the disk cache serves others)
