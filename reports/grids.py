@@ -46,10 +46,16 @@ def find_stores(run_dir: Path) -> list[Path]:
 
 def first_samples(store: Path, k: int) -> dict[str, Any]:
     """The first k samples by index: images (uint8 NCHW), indices, and labels/prompts if stored."""
+    from bench.store import npz_damage   # here: bench.store imports torch, which `python -m reports` never loads
     shards = sorted((Path(store) / "shards").glob("shard-*.npz"))
     out: dict[str, list[np.ndarray]] = {}
     count = 0
     for shard in shards:   # shards hold consecutive index ranges, sorted by index within
+        problem = npz_damage(shard)   # never draw damaged samples (issue 29): the run regenerates them
+        if problem:
+            log.warning("sample grid of %s: %s is damaged (%s); drawn up to it only. Rerun the run to "
+                        "regenerate it", store, shard, problem)
+            break
         with np.load(shard, allow_pickle=False) as data:
             take = min(k - count, len(data["indices"]))
             for name in ("images", "indices", "labels", "prompts"):

@@ -58,6 +58,16 @@ def test_first_k_samples_in_index_order_with_captions(tmp_path: Path) -> None:
     assert len(text["images"]) == 6 and caption(text, 2, 30) == "a shape number 2 on a plain\nbackground"
 
 
+def test_a_damaged_shard_is_not_drawn(tmp_path: Path, caplog) -> None:
+    root = store(tmp_path, "pixel", "default", 20)
+    second = sorted((root / "shards").glob("shard-*.npz"))[1]
+    data = bytearray(second.read_bytes())
+    data[len(data) // 2] ^= 0xFF   # one flipped byte: its sha256 no longer matches
+    second.write_bytes(bytes(data))
+    samples = first_samples(root, 16)
+    assert list(samples["indices"]) == list(range(8)) and "damaged" in caplog.text
+
+
 def test_one_grid_per_pipeline_and_point_deterministic(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     first = write_grids([run], tmp_path / "a", k=16)
