@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -60,3 +61,28 @@ def manifest(run_dir: Path) -> dict:
 def shard_bytes(run_dir: Path) -> dict[str, bytes]:
     """Every sample shard of the run, by path below the run directory."""
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted((run_dir / "samples").rglob("shards/*.npz"))}
+
+
+def main_in_process(monkeypatch, capsys, argv: Sequence[str]) -> tuple[int, str]:
+    """`python -m bench *argv` in this process (no interpreter start): (exit code, stderr + stdout;
+    "" when capsys is None)."""
+    from bench.app import main
+    monkeypatch.setattr(sys, "argv", ["bench", *argv])
+    code = 0
+    try:
+        main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    if capsys is None:
+        return code, ""
+    captured = capsys.readouterr()
+    return code, captured.err + captured.out
+
+
+def the_error_line(code: int, output: str) -> str:
+    """Exit 2 and exactly one `error:` line, no traceback: that line."""
+    assert code == 2, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, output[-3000:]
+    return errors[0]

@@ -9,11 +9,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_runs import main_in_process, the_error_line
 from PIL import Image
 
 QUICK = ("quiet=true", "hardware=cpu", "hardware.batch_size=4")
@@ -21,26 +21,15 @@ QUICK = ("quiet=true", "hardware=cpu", "hardware.batch_size=4")
 
 def run_app(monkeypatch, capsys, *overrides: str) -> tuple[int, str]:
     """`python -m bench *overrides` in this process: (exit code, stderr + stdout)."""
-    from bench.app import main
-    monkeypatch.setattr(sys, "argv", ["bench", *QUICK, *overrides])
-    code = 0
-    try:
-        main()
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
+    return main_in_process(monkeypatch, capsys, [*QUICK, *overrides])
 
 
 def assert_refused(code: int, output: str, *named: str) -> str:
     """Exit 2, one `error:` line naming every string in `named`, no traceback."""
-    assert code == 2, output[-3000:]
-    assert "Traceback" not in output, output[-3000:]
-    errors = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, output[-3000:]
+    line = the_error_line(code, output)
     for name in named:
-        assert name in errors[0], errors[0]
-    return errors[0]
+        assert name in line, line
+    return line
 
 
 def assert_nothing_half_written(run_dir: Path) -> None:

@@ -27,6 +27,7 @@ from typing import Callable
 
 import pandas as pd
 import pytest
+from bench_runs import main_in_process, the_error_line
 
 from bench.atomic import TEMP_NAME, describe_io_error
 
@@ -57,25 +58,7 @@ def samples_and_one_inception():
 
 def run_app(monkeypatch, capsys, run_dir: Path, *extra: str, base: tuple[str, ...] = RUN) -> tuple[int, str]:
     """`python -m bench RUN... hydra.run.dir=run_dir` in this process: (exit code, stderr + stdout)."""
-    from bench.app import main
-    monkeypatch.setattr(sys, "argv", ["bench", *base, *extra, f"hydra.run.dir={run_dir}"])
-    code = 0
-    try:
-        main()
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    if capsys is None:
-        return code, ""
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
-
-
-def the_error_line(code: int, output: str) -> str:
-    assert code == 2, output[-3000:]
-    assert "Traceback" not in output, output[-3000:]
-    errors = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, output[-3000:]
-    return errors[0]
+    return main_in_process(monkeypatch, capsys, [*base, *extra, f"hydra.run.dir={run_dir}"])
 
 
 def fid(run_dir: Path) -> float:

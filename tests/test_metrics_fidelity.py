@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from PIL import Image
+
+from feature_space_helpers import write_image_folders
 
 from bench.config import DataConfig, MetricsConfig
 from bench.data import build_source
-from bench.data.shapes import ShapesSource
 from bench.metrics import build_metrics
 from bench.metrics.registry import INCEPTION_POOL
 from bench.weights import load_state_dict, resolve
@@ -37,20 +37,8 @@ PROJECTION = "diffbench-test-pooled-projection"
 
 
 def write_folders(root: Path, n: int) -> tuple[Path, Path]:
-    """Reference: shapes (test split). Generated: other shapes (train split), noised and tinted."""
-    ref_dir, gen_dir = root / "reference", root / "generated"
-    ref_dir.mkdir(parents=True, exist_ok=True)
-    gen_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for folder, source, perturb in ((ref_dir, ShapesSource(32, n, 0, "test"), False),
-                                    (gen_dir, ShapesSource(32, n, 0, "train"), True)):
-        for batch in source.iter_batches(64):
-            for index, image in zip(batch.indices.tolist(), batch.images.permute(0, 2, 3, 1).numpy()):
-                if perturb:
-                    noisy = image.astype(np.float32) * np.array([0.9, 1.0, 1.1]) + rng.normal(0, 12, image.shape)
-                    image = noisy.clip(0, 255).astype(np.uint8)
-                Image.fromarray(image).save(folder / f"img_{index:05d}.png")
-    return ref_dir, gen_dir
+    """Reference: shapes (test split). Generated: other shapes (train split), noised and tinted; 32 px."""
+    return write_image_folders(root, n, 32)
 
 
 def ours(gen_dir: Path, ref_dir: Path, n: int, *, subsets: int, subset_size: int, cache: Path,

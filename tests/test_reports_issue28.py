@@ -16,7 +16,7 @@ from bench.results import MetricValue, RunContext, make_row, write_results
 from reports.__main__ import main as reports_main
 from reports.sections import TERMINAL_WIDTH, build_sections, terminal_text
 from reports.table_spec import build_spec_table, load_spec, report_sections
-from reports.tables import PLAIN, display_frame, to_csv, to_latex, to_markdown, html_table
+from reports.tables import PLAIN, to_csv, to_latex, to_markdown, html_table
 
 CI = {"ci_kind": "95% normal CI of the mean"}
 SPREAD = {"ci_method": "min-max over batches", "ci_kind": "spread of the timed batches' images/s"}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_runs import main_in_process, the_error_line
 
 REPO = Path(__file__).resolve().parent.parent
 # The shipped pixel DDPM, 3 DDIM steps, 4 samples, FID against 8 shapes images: a finished run
@@ -30,23 +31,10 @@ def env() -> dict[str, str]:
 
 def run_app(monkeypatch, capsys, run_dir: Path, *overrides: str) -> tuple[int, str]:
     """`python -m bench *overrides hydra.run.dir=run_dir` in this process: (exit code, stderr + stdout)."""
-    from bench.app import main
-    monkeypatch.setattr(sys, "argv", ["bench", *overrides, f"hydra.run.dir={run_dir}"])
-    code = 0
-    try:
-        main()
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
+    return main_in_process(monkeypatch, capsys, [*overrides, f"hydra.run.dir={run_dir}"])
 
 
-def error_line(code: int, output: str) -> str:
-    assert code == 2, output[-3000:]
-    assert "Traceback" not in output, output[-3000:]
-    errors = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, output[-3000:]
-    return errors[0]
+error_line = the_error_line
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
