@@ -51,7 +51,7 @@ from bench.weights import WeightsError
 from models.core.checkpoint import CheckpointError
 from models.core.interface import NonFiniteError, RequestError
 from models.core.registry import build_pipeline, resolve_checkpoint
-from models.families.diffusers import check_request_scheduler, saved_model_classes
+from models.families.diffusers_preflight import check_request_scheduler, saved_model_classes
 from models.families.diffusers_common import SCHEDULERS, scheduler_mode
 from reports.run_report import write_run_report
 from suites import SWEEP_AXIS_KEYS, load_suite, prepare_suite

@@ -72,10 +72,22 @@ def resolve_dtype(hw: HardwareConfig, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    except OSError:   # not Linux
+        import platform
+        return platform.processor()
+
+
 def describe(device: torch.device) -> dict:
     import torch
     info = {"device": str(device), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(),
+            # the CPU kernels' instruction set (AVX2, AVX512, ...): seeded CPU samples can differ by
+            # +-1 in a few pixels between them (FID ~1e-5 relative), so a baseline says where it was made
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": _cpu_model()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

@@ -23,7 +23,8 @@ from typing import Iterable
 import numpy as np
 
 from bench.atomic import atomic_write, atomic_write_text, describe_io_error
-from bench.store import ZIP_EPOCH, SampleStore, StoreError
+from bench.store import SampleStore, StoreError
+from bench.store_files import ZIP_EPOCH
 
 log = logging.getLogger(__name__)
 

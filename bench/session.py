@@ -29,6 +29,7 @@ from bench.data.prompts import load_prompts, shapes_prompts
 from bench.device import apply_memory_budget, resolve_device, resolve_dtype
 from bench.distributed import World, barrier, reduce_metrics, shard
 from bench.metrics import build_metrics
+from bench.metrics.feature_spaces import INCEPTION, space_plan
 from bench.metrics.inception import build_inception
 from bench.metrics.registry import INCEPTION_INPUTS, INCEPTION_LOGITS, needs_of
 from bench.progress import progress
@@ -206,7 +207,8 @@ class Session:
         key = f"{key_of(data)} {pipe.info.resolution}"
         if key not in self._references:
             self._references[key] = self._resolve_reference(data, pipe)
-        self._measured[pipe.info.name] = (pipe, self._references[key])
+        # by config name, as the manifest's checkpoints (an external pipeline's label is its samples' name)
+        self._measured[self._config_name(pipe) or pipe.info.name] = (pipe, self._references[key])
         return self._references[key]
 
     def measured_inputs(self) -> dict[str, dict[str, Any]]:
@@ -264,7 +266,10 @@ class Session:
         """A fresh accumulator set; reference statistics come from the on-disk cache, so
         building one per sweep point costs no recomputation."""
         mcfg = replace(metrics or self.cfg.metrics, names=list(names))
-        extractor = self.inception(mcfg) if needs_of(names) & INCEPTION_INPUTS else None
+        # Inception only for the metrics computed in its space: `fid`/`kid` with metrics.features
+        # lacking inception run in the other spaces alone, and the network is not loaded (issue 27)
+        in_inception = space_plan(mcfg).get(INCEPTION, [])
+        extractor = self.inception(mcfg) if needs_of(in_inception) & INCEPTION_INPUTS else None
 
         def build():
             return build_metrics(mcfg, data or self.cfg.data, device=self.device, quiet=self.quiet,

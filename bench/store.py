@@ -28,6 +28,10 @@ with `on_damaged`, as the session does for pipelines that sample) it is moved to
 missing, so they are sampled again; otherwise StoreError names the file and what to do.
 A store.json that is not a store description, or samples without a store.json, are refused.
 
+Here: the store (its layout, writing, finishing shards, reading, what a damaged file means).
+One file's bytes and arrays are bench.store_files, the sums and damage checks bench.store_checks,
+store.json bench.store_meta.
+
 Several writers (torch.distributed ranks) may fill one store with disjoint index sets: part
 names are keyed by their smallest index, so they never collide, and finishing a shard is
 serialised with an advisory file lock (released by the OS if its holder dies).
@@ -37,15 +41,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
-import io
-import json
 import logging
-import os
-import re
 import shutil
-import struct
-import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,180 +51,18 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from bench.atomic import TEMP_NAME, atomic_write, atomic_write_json, atomic_write_text
+from bench.atomic import TEMP_NAME, atomic_write_json
+from bench.store_checks import DAMAGED_DIR, checksum_path, move_aside, npz_damage, recorded_sha256, write_checksum
+from bench.store_files import (STAGE_OUTPUT_PREFIX, StoreError, batch_arrays, dedupe, fill_missing, is_timing, map_npz,
+                               read_npz, samples_only, sorted_union, timing_arrays, timings_only, write_npz)
+from bench.store_meta import FORMAT, canonical_key, differences, read_meta
 from models.core.interface import SampleBatch
-from bench.data.npz import stored_array_layout
-
-FORMAT = "diffbench-samples/1"
-ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)   # the earliest zip timestamp; npz members get it, not "now"
-STAGE_OUTPUT_PREFIX = "stage_output."
-TIMING_PREFIXES = ("seconds.", "nfe.")   # measured, so never byte-identical: kept out of shards
-CHECKSUM_SUFFIX = ".sha256"
-DAMAGED_DIR = "damaged"
-SHA256_LINE = re.compile(r"^([0-9a-f]{64})  (\S.*)$")
 
 log = logging.getLogger(__name__)
 
 
-class StoreError(RuntimeError):
-    """A sample store on disk that cannot be used as it is; the message says what to do."""
-
-
 class StoreMismatchError(StoreError):
     """The store at a path was made for different samples than the ones asked for."""
-
-
-# -- deterministic npz -------------------------------------------------------------------
-def write_npz(path: Path, arrays: Mapping[str, np.ndarray], checksum: bool = False) -> None:
-    """Atomically write an uncompressed npz whose bytes depend only on `arrays` (and numpy's
-    .npy header format): np.savez stamps members with the current time, this does not.
-    `checksum`: then write its sha256 beside it (`checksum_path`). The old sum goes first, so a
-    kill between the renames leaves a file without a sum (checked by opening it), never a new
-    file with the old file's sum (which would look damaged)."""
-    sidecar = checksum_path(path)
-    if checksum:
-        sidecar.unlink(missing_ok=True)
-    with atomic_write(path, "wb") as handle:
-        with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-            for name, array in arrays.items():
-                buffer = io.BytesIO()
-                np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_EPOCH)
-                info.external_attr = 0o644 << 16
-                archive.writestr(info, buffer.getvalue(), compress_type=zipfile.ZIP_STORED)
-    if checksum:
-        atomic_write_text(sidecar, f"{file_sha256(path)}  {path.name}\n")
-
-
-def checksum_path(path: Path) -> Path:
-    return path.with_name(path.name + CHECKSUM_SUFFIX)
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def recorded_sha256(path: Path) -> str | None:
-    """The sha256 written beside `path`; None where there is none or it is not one (a damaged
-    sum file: the npz is then checked by opening it, as an old store's)."""
-    try:
-        line = checksum_path(path).read_text(encoding="utf-8").strip()
-    except (FileNotFoundError, UnicodeDecodeError):
-        return None
-    match = SHA256_LINE.match(line)
-    return match.group(1) if match and match.group(2) == path.name else None
-
-
-def npz_damage(path: Path) -> str | None:
-    """What is wrong with a store file, or None: against its recorded sha256 where there is one,
-    else by opening it (every member's CRC, then a 1-D integer `indices` with one entry per row
-    of every member). FileNotFoundError passes (a concurrent writer removed it: look again);
-    other OSErrors pass too (a failing disk is not a damaged file)."""
-    expected = recorded_sha256(path)
-    if expected is not None:
-        actual = file_sha256(path)
-        return None if actual == expected else \
-            f"its sha256 {actual[:12]}... differs from the {expected[:12]}... written with it"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-            members = archive.namelist()
-        if bad is not None:
-            return f"member {bad} fails its CRC check"
-        if "indices.npy" not in members:
-            return f"it has no indices (members {members})"
-        indices = read_npz(path, ["indices"])["indices"]
-        if indices.ndim != 1 or indices.dtype.kind not in "iu":
-            return f"its indices are {indices.dtype} {indices.shape}, not a 1-D integer array"
-        for member in members:
-            layout = stored_array_layout(path, member)
-            if layout is not None and (not layout[1] or layout[1][0] != indices.size):
-                return f"member {member} has shape {layout[1]} for {indices.size} indices"
-    except (zipfile.BadZipFile, ValueError, EOFError, KeyError, struct.error) as err:
-        return f"it is not a readable npz ({type(err).__name__}: {err})"
-    return None
-
-
-def read_npz(path: Path, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in (data.files if names is None else names) if name in data.files}
-
-
-def map_npz(path: Path) -> dict[str, np.ndarray]:
-    """Members of an uncompressed npz, the numeric ones memory-mapped in place (reading a
-    batch of a 512 px shard then touches only its rows)."""
-    with zipfile.ZipFile(path) as archive:
-        members = archive.namelist()
-    arrays = {}
-    for member in members:
-        layout = stored_array_layout(path, member)
-        if layout is None or layout[2].kind == "U" or 0 in layout[1]:
-            arrays.update(read_npz(path, [member.removesuffix(".npy")]))
-        else:
-            offset, shape, dtype = layout
-            arrays[member.removesuffix(".npy")] = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
-    return arrays
-
-
-# -- what one file holds -----------------------------------------------------------------
-def _batch_arrays(batch: SampleBatch, keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """A SampleBatch (rows `keep`, default all) as the arrays a shard or part stores."""
-    rows = slice(None) if keep is None else keep
-    arrays: dict[str, np.ndarray] = {
-        "indices": batch.indices.numpy().astype(np.int64)[rows],
-        "images": batch.images.numpy()[rows],
-    }
-    if batch.labels is not None:
-        arrays["labels"] = batch.labels.numpy().astype(np.int64)[rows]
-    if batch.prompts is not None:
-        arrays["prompts"] = _text_array(np.array(list(batch.prompts), dtype=np.str_)[rows])
-    for stage in sorted(batch.stage_outputs):
-        arrays[STAGE_OUTPUT_PREFIX + stage] = batch.stage_outputs[stage].numpy()[rows]
-    return arrays
-
-
-def _timing_arrays(batch: SampleBatch, keep: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-sample share of each stage's batch wall time, and per-image NFE."""
-    arrays = {}
-    for stage, seconds in sorted(batch.stage_seconds.items()):
-        arrays[f"seconds.{stage}"] = np.full(len(keep), seconds / len(batch), dtype=np.float64)
-    for stage, nfe in sorted(batch.stage_nfe.items()):
-        arrays[f"nfe.{stage}"] = np.full(len(keep), nfe, dtype=np.float64)
-    return arrays
-
-
-def _is_timing(name: str) -> bool:
-    return name.startswith(TIMING_PREFIXES)
-
-
-def _samples_only(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: v for k, v in arrays.items() if not _is_timing(k)}
-
-
-def _timings_only(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: v for k, v in arrays.items() if k == "indices" or _is_timing(k)}
-
-
-def _sorted_union(pieces: Sequence[dict[str, np.ndarray]], what: str) -> dict[str, np.ndarray]:
-    """Concatenate pieces member by member and sort rows by index (the one canonical order)."""
-    names = list(pieces[0])
-    for piece in pieces[1:]:
-        if list(piece) != names:
-            raise StoreError(f"{what}: pieces hold different members ({names} vs {list(piece)}); "
-                             "the store mixes samples of different kinds; delete it and sample again")
-    try:
-        merged = {name: np.concatenate([piece[name] for piece in pieces]) for name in names}
-    except ValueError as err:
-        raise StoreError(f"{what}: pieces do not fit together ({err}); delete the store and sample again") from None
-    order = np.argsort(merged["indices"], kind="stable")
-    return {name: _text_array(array[order]) if array.dtype.kind == "U" else array[order]
-            for name, array in merged.items()}
-
-
-def _text_array(strings: np.ndarray) -> np.ndarray:
-    """Strings as '<U{longest}': the width must follow the rows kept, not the batch they came from."""
-    return np.array(strings.tolist(), dtype=np.str_) if strings.size else strings
 
 
 @dataclass(frozen=True)
@@ -247,7 +82,7 @@ class SampleStore:
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.root = Path(root)
-        self.key = _canonical(key)
+        self.key = canonical_key(key)
         self.shard_size = int(shard_size)
         self.on_damaged = on_damaged
         self._index_cache: dict[Path, tuple[tuple[int, int], np.ndarray]] = {}
@@ -260,7 +95,7 @@ class SampleStore:
                 self._open_or_create()
                 self._sweep_temp_files()
         except OSError as err:   # a store on a read-only disk (an archive to export or draw from) still reads
-            if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or _read_meta(self.root) is None:
+            if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or read_meta(self.root) is None:
                 raise
             self._open_or_create()
             return
@@ -269,7 +104,7 @@ class SampleStore:
     @classmethod
     def open(cls, root: str | Path) -> "SampleStore":
         """Open an existing store for reading, whatever its key."""
-        meta = _read_meta(Path(root))
+        meta = read_meta(Path(root))
         if meta is None:
             raise FileNotFoundError(f"no sample store at {root} (no store.json); pass the directory "
                                     "that holds store.json, e.g. RUN_DIR/samples/PIPELINE/POINT")
@@ -299,7 +134,7 @@ class SampleStore:
                 continue
             part = self._part_dir(shard) / f"p{int(indices[keep].min()):012d}.npz"
             with self._lock(shared=True):   # a finishing writer must not delete this mid-write
-                write_npz(part, {**_batch_arrays(batch, keep), **_timing_arrays(batch, keep)}, checksum=True)
+                write_npz(part, {**batch_arrays(batch, keep), **timing_arrays(batch, keep)}, checksum=True)
             self._trust(part)
             if self._shard_indices(shard).size == self.shard_size:
                 self._finish_shard(int(shard))
@@ -347,7 +182,7 @@ class SampleStore:
         return self.root / "timings" / f"shard-{shard:06d}.npz"
 
     def _open_or_create(self) -> None:
-        meta = _read_meta(self.root)
+        meta = read_meta(self.root)
         wanted = {"format": FORMAT, "key": self.key, "shard_size": self.shard_size}
         if meta is None:
             orphans = sorted((self.root / "shards").glob("shard-*.npz")) + \
@@ -362,13 +197,9 @@ class SampleStore:
             raise StoreError(f"{self.root / 'store.json'}: format {meta.get('format')!r}, expected {FORMAT!r}; "
                              "it was written by another version: move it away or sample into a new directory")
         if meta["key"] != self.key or meta["shard_size"] != self.shard_size:
-            # one line naming each differing setting with both values (issue 26: it was a 1.9 kB JSON dump)
-            stored, asked = _flat(meta), _flat(wanted)
-            shown = "; ".join(f"{k}: {_brief(stored.get(k))} stored, {_brief(asked.get(k))} asked"
-                              for k in _differing(meta, wanted)[:6])
             raise StoreMismatchError(
-                f"sample store {self.root} holds other samples than asked for ({shown}); sample into a new run "
-                "directory (hydra.run.dir), or add overwrite=true to replace the run there")
+                f"sample store {self.root} holds other samples than asked for ({differences(meta, wanted)}); "
+                "sample into a new run directory (hydra.run.dir), or add overwrite=true to replace the run there")
 
     def _sweep_temp_files(self) -> None:
         """Temporary files of atomic writes a killed writer left (bench.atomic names them);
@@ -439,19 +270,8 @@ class SampleStore:
                 f"{damaged}: a damaged sample store file ({problem}); its samples cannot be used. Delete it (and "
                 f"{checksum_path(damaged).name} if there) and rerun the run that made it (same command and "
                 "hydra.run.dir): the missing samples are made again")
-        moved = []
+        moved = move_aside(self.root, group)
         for path in group:
-            for item in (path, checksum_path(path)):
-                target = self.root / DAMAGED_DIR / item.relative_to(self.root)
-                number = 0
-                while target.exists():   # keep every damaged copy: never overwrite evidence
-                    number += 1
-                    target = target.with_name(f"{item.name}.{number}")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with contextlib.suppress(FileNotFoundError):   # another writer moved it first
-                    os.replace(item, target)
-                    if item is path:
-                        moved.append(target)
             self._verified.pop(path, None)
             self._index_cache.pop(path, None)
         self.on_damaged(f"sample store {self.root}: {damaged.relative_to(self.root)} is damaged ({problem}); "
@@ -487,16 +307,16 @@ class SampleStore:
             parts = [read_npz(f.path) for f in files if f.path.parent == part_dir]
             if parts:
                 shard_path, timing_path = self._shard_path(shard), self._timing_path(shard)
-                samples = ([read_npz(shard_path)] if shard_path.exists() else []) + [_samples_only(p) for p in parts]
-                merged = _dedupe(_sorted_union(samples, f"shard {shard} of {self.root}"))
+                samples = ([read_npz(shard_path)] if shard_path.exists() else []) + [samples_only(p) for p in parts]
+                merged = dedupe(sorted_union(samples, f"shard {shard} of {self.root}"))
                 if not shard_path.exists() or not np.array_equal(read_npz(shard_path, ["indices"])["indices"],
                                                                  merged["indices"]):
                     write_npz(shard_path, merged, checksum=True)
                     self._trust(shard_path)
                 elif recorded_sha256(shard_path) is None:   # a kill took its sum; it was just checked by opening
-                    atomic_write_text(checksum_path(shard_path), f"{file_sha256(shard_path)}  {shard_path.name}\n")
-                timings = ([read_npz(timing_path)] if timing_path.exists() else []) + [_timings_only(p) for p in parts]
-                write_npz(timing_path, _dedupe(_sorted_union(_fill_missing(timings), f"timings of shard {shard}")),
+                    write_checksum(shard_path)
+                timings = ([read_npz(timing_path)] if timing_path.exists() else []) + [timings_only(p) for p in parts]
+                write_npz(timing_path, dedupe(sorted_union(fill_missing(timings), f"timings of shard {shard}")),
                           checksum=True)
                 self._trust(timing_path)
             shutil.rmtree(part_dir, ignore_errors=True)
@@ -547,7 +367,7 @@ class SampleStore:
             arrays = self._arrays(path)
             rows = np.array([row for _, row in pairs])
             order.extend(position for position, _ in pairs)
-            for name, array in _samples_only(arrays).items():
+            for name, array in samples_only(arrays).items():
                 columns.setdefault(name, []).append(array[rows])
         inverse = np.argsort(np.array(order), kind="stable")
         data = {name: np.concatenate(parts)[inverse] for name, parts in columns.items()}
@@ -581,10 +401,10 @@ class SampleStore:
         for shard in np.unique(wanted // self.shard_size):
             for path in [self._timing_path(shard)] + sorted(self._part_dir(shard).glob("p*.npz")):
                 with contextlib.suppress(FileNotFoundError), np.load(path) as data:
-                    pieces.append({k: data[k] for k in data.files if k == "indices" or _is_timing(k)})
+                    pieces.append({k: data[k] for k in data.files if k == "indices" or is_timing(k)})
         if not pieces:
             return {}, {}
-        table = _dedupe(_sorted_union(_fill_missing(pieces), "timings"))
+        table = dedupe(sorted_union(fill_missing(pieces), "timings"))
         rows = np.isin(table["indices"], wanted)
         seconds: dict[str, float] = {}
         nfe: dict[str, float] = {}
@@ -600,48 +420,6 @@ class SampleStore:
 
 
 # -- helpers -------------------------------------------------------------------------------
-def _canonical(key: Mapping[str, Any]) -> dict[str, Any]:
-    """The key as JSON sees it (tuples -> lists, non-JSON values -> str), so equal keys compare equal."""
-    return json.loads(json.dumps(dict(key), sort_keys=True, default=str))
-
-
-def _read_meta(root: Path) -> dict[str, Any] | None:
-    path = root / "store.json"
-    if not path.exists():
-        return None
-    again = (f"what the samples beside it were made for is unknown: move {root} aside (or delete it) and rerun, "
-             "and they are made again")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise StoreError(f"{path}: damaged, not valid JSON ({err}); {again}") from None
-    if not (isinstance(meta, dict) and isinstance(meta.get("key"), dict) and type(meta.get("shard_size")) is int
-            and meta["shard_size"] >= 1):
-        found = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
-        raise StoreError(f"{path}: damaged, not a sample store description (needs format, key and shard_size; "
-                         f"found {found}); {again}")
-    return meta
-
-
-def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): obj}
-
-
-def _brief(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _differing(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-    a, b = _flat(stored), _flat(wanted)
-    return sorted(k for k in set(a) | set(b) if k != "format" and a.get(k) != b.get(k))
-
-
 def _as_indices(indices: Sequence[int]) -> np.ndarray:
     if isinstance(indices, torch.Tensor):
         return indices.cpu().numpy().astype(np.int64).reshape(-1)
@@ -659,15 +437,3 @@ def _check_batch(batch: SampleBatch) -> np.ndarray:
     if np.unique(indices).size != indices.size:
         raise ValueError("SampleStore.write: a batch repeats an index")
     return indices
-
-
-def _fill_missing(pieces: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """Timing pieces with the same members: a stage a piece did not time is NaN there."""
-    names = sorted(set().union(*pieces))
-    return [{k: piece.get(k, np.full(piece["indices"].size, np.nan)) for k in names} for piece in pieces]
-
-
-def _dedupe(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Drop repeated indices (first occurrence wins; rows are sorted by index already)."""
-    _, first = np.unique(arrays["indices"], return_index=True)
-    return {name: array[first] for name, array in arrays.items()}

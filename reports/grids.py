@@ -12,6 +12,8 @@ Read at a glance (issue 28): a class label is captioned with its class name (the
 config.json `class_names`, else the run's bundled data set's), an adapter and its scale are in the
 title (the rows' `pipeline_params`), and every grid of one report has the same size (the same
 columns, cell size and rows; a store with fewer samples leaves cells empty), so the page is not ragged.
+Samples made elsewhere are titled with their name and order ("first 16 files of the folder"), never
+a seed they were not made with (issue 26 follow-up).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -46,7 +48,7 @@ def find_stores(run_dir: Path) -> list[Path]:
 
 def first_samples(store: Path, k: int) -> dict[str, Any]:
     """The first k samples by index: images (uint8 NCHW), indices, and labels/prompts if stored."""
-    from bench.store import npz_damage   # here: bench.store imports torch, which `python -m reports` never loads
+    from bench.store_checks import npz_damage   # here: it reads npz layouts through bench.data, which imports torch (`python -m reports` never loads it)
     shards = sorted((Path(store) / "shards").glob("shard-*.npz"))
     out: dict[str, list[np.ndarray]] = {}
     count = 0
@@ -131,18 +133,20 @@ def draw_grid(samples: dict[str, Any], title: str, path: Path, layout: Layout | 
     return Path(path)
 
 
-def external_samples(run_dir: Path, k: int) -> tuple[str, dict[str, Any]] | None:
+def external_samples(run_dir: Path, k: int, manifest: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]] | None:
     """(pipeline name, first k samples) of a run that scored an external folder or npz without
     storing samples (store_samples=false): read from the path its manifest's config records.
-    None when the run has no such pipeline or the path is gone (a warning says which)."""
-    try:
-        config = json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8")).get("config") or {}
-    except (OSError, ValueError):
+    None when the run has no such pipeline or the path is gone (a warning says which).
+    `manifest`: the run's (default: its manifest.json)."""
+    manifest = run_manifest(run_dir) if manifest is None else manifest
+    config = manifest.get("config") or {}
+    if not isinstance(config, dict):
         return None
     pipeline = config.get("pipeline") or {}
     params = pipeline.get("params") or {}
     if config.get("store_samples", True) or pipeline.get("family") != "external" or "path" not in params:
         return None
+    label = ((manifest.get("checkpoints") or {}).get(pipeline.get("name")) or {}).get("label")   # the rows' name
     path = Path(str(params["path"])).expanduser()
     if not path.exists() or params.get("source") == "diffusers":
         log.warning("run %s: external samples at %s are not there any more; no grid for them", run_dir, path)
@@ -165,20 +169,25 @@ def external_samples(run_dir: Path, k: int) -> tuple[str, dict[str, Any]] | None
     if params.get("prompts"):
         lines = Path(str(params["prompts"])).expanduser().read_text(encoding="utf-8").splitlines()
         samples["prompts"] = lines[:len(samples["images"])]
-    return str(pipeline.get("name") or "external"), samples
+    samples["made_elsewhere"] = {"source": "folder" if path.is_dir() else "npz", "path": str(path)}
+    return str(label or pipeline.get("name") or "external"), samples
 
 
-def write_grids(run_dirs: Sequence[Path] | Path, out_dir: Path, k: int = DEFAULT_K) -> list[Path]:
+def write_grids(run_dirs: Sequence[Path] | Path, out_dir: Path, k: int = DEFAULT_K,
+                manifests: Mapping[str, Mapping[str, Any]] | None = None) -> list[Path]:
     """One grid per stored (pipeline, point) of each run, under out_dir/grids/, all in one layout.
     With several runs, a grid name that repeats gets the run directory's name prefixed. Returns
-    the PNG paths."""
+    the PNG paths. `manifests` (by run id) complete what each run's manifest.json holds: the runner
+    draws its grids before manifest.json has the checkpoints (what a pipeline is: its class names,
+    samples made elsewhere)."""
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [Path(run_dirs)]
     if k < 1:
         raise ValueError(f"grid size k must be >= 1, got {k}")
     jobs = []   # (run, grid name, samples, title, class names)
     for run in map(Path, run_dirs):
-        facts, data_names = pipeline_facts(run)
+        manifest = run_manifest(run, manifests)
+        facts, data_names = pipeline_facts(run, manifest)
         stores = find_stores(run)
         for store in stores:
             samples = first_samples(store, k)
@@ -189,10 +198,10 @@ def write_grids(run_dirs: Sequence[Path] | Path, out_dir: Path, k: int = DEFAULT
             jobs.append((run, grid_name(store.parent.name, store.name), samples,
                          _title(store, len(samples["images"]), fact), fact.get("class_names") or data_names))
         if not stores:
-            external = external_samples(run, k)
+            external = external_samples(run, k, manifest)
             if external is not None and len(external[1].get("images", ())):
                 pipeline, samples = external
-                title = f"{pipeline}: first {len(samples['images'])} samples (external, read from its path)"
+                title = external_title(pipeline, len(samples["images"]), samples.pop("made_elsewhere"))
                 jobs.append((run, grid_name(pipeline, ""), samples, title, None))
     layout = Layout.fitting([len(job[2]["images"]) for job in jobs], any("prompts" in job[2] for job in jobs))
     names = [job[1] for job in jobs]
@@ -212,18 +221,29 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def pipeline_facts(run: Path) -> tuple[dict[str, dict[str, Any]], list[str] | None]:
+def run_manifest(run: Path, manifests: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The run's manifest.json, completed by `manifests`' entry for its run id."""
+    manifest = _read_json(Path(run) / "manifest.json")
+    extra = (manifests or {}).get(str(manifest.get("run_id")))
+    return {**manifest, **extra} if isinstance(extra, Mapping) else manifest
+
+
+def pipeline_facts(run: Path, manifest: dict[str, Any] | None = None) -> tuple[dict[str, dict[str, Any]], list[str] | None]:
     """Per pipeline of a run, under the name its sample store is filed by (`info.name`, the
     manifest's checkpoint `label`): `class_names` (what a label means: its checkpoint's) and, for
     an adapted pipeline, `adapter` and `adapter_scale`; and the class names of the run's data set
-    (for pipelines whose checkpoint names none)."""
-    manifest = _read_json(Path(run) / "manifest.json")
+    (for pipelines whose checkpoint names none). Samples made elsewhere get `made_elsewhere` (their
+    source and path): titled by their order, not a seed."""
+    manifest = run_manifest(run) if manifest is None else manifest
     config = manifest.get("config") or {}
     facts: dict[str, dict[str, Any]] = {}
     labels: dict[str, str] = {}
     for name, entry in (manifest.get("checkpoints") or {}).items():
         entry = entry if isinstance(entry, dict) else {}
         labels[name] = str(entry.get("label") or name)
+        source = entry.get("provenance") if isinstance(entry.get("provenance"), dict) else {}
+        if source.get("source") in ("folder", "npz") and source.get("path"):   # samples made elsewhere: no seed
+            facts.setdefault(labels[name], {})["made_elsewhere"] = {"source": source["source"], "path": source["path"]}
         names = _read_json(Path(str(entry["checkpoint"])) / "config.json").get("class_names") \
             if entry.get("checkpoint") else None
         if isinstance(names, list) and names:
@@ -266,12 +286,26 @@ def _data_class_names(config: dict[str, Any]) -> list[str] | None:
     return list(KINDS)
 
 
+def external_title(label: str, shown: int, where: dict[str, Any], point: str = "") -> str:
+    """'<label>: first K files of folder <name> (sorted by path; made elsewhere)': samples made
+    elsewhere have no seed here, only an order (the folder's sorted files, the npz's rows)."""
+    path = Path(str(where.get("path", "")))
+    folder = where.get("source") == "folder"
+    name = path.name if folder else path.stem
+    what = ("the folder" if folder else "the npz") if name == label else (f"folder {name}" if folder else path.name)
+    order = "sorted by path" if folder else "in array order"
+    return f"{label}{point}: first {shown} {'files' if folder else 'images'} of {what} ({order}; made elsewhere)"
+
+
 def _title(store: Path, shown: int, fact: dict[str, Any] | None = None) -> str:
-    """'<pipeline> + adapter <name> (scale s) (<point>): first K samples, seed S' from the store's key."""
+    """'<pipeline> + adapter <name> (scale s) (<point>): first K samples, seed S' from the store's key;
+    samples made elsewhere by their order instead (`external_title`)."""
     key = _read_json(store / "store.json").get("key", {})
     point = ", ".join(f"{a}={b}" for a, b in sorted((key.get("point") or {}).items()))
     seed = (key.get("request") or {}).get("seed")
     fact = fact or {}
+    if fact.get("made_elsewhere"):
+        return external_title(store.parent.name, shown, fact["made_elsewhere"], f" ({point})" if point else "")
     scale = 1.0 if fact.get("adapter_scale") is None else fact["adapter_scale"]
     adapter = f" + adapter {fact['adapter']} (scale {scale})" if fact.get("adapter") else ""
     where = f" ({point})" if point else ""

@@ -4,7 +4,8 @@ box that scrolls sideways rather than running off the page, headers that wrap), 
 notes of report.md, any
 table-spec tables, the sample grids (grids/*.png) and plots (plots/*.png) of the output
 directory embedded as base64 data URIs, and each run's provenance from its manifest (git
-commit, package versions, device, weights with sha256, checkpoints).
+commit, package versions, device, weights with sha256, checkpoints, and both sides of each pipeline
+as measured with their full paths, which the tables' captions name by their last part only).
 """
 from __future__ import annotations
 
@@ -119,12 +120,16 @@ def provenance(manifests: Mapping[str, Mapping[str, Any]]) -> str:
         checkpoints = manifest.get("checkpoints") or {}
         if isinstance(checkpoints, Mapping) and checkpoints:
             rows = "".join(
-                f"<tr><td>{html.escape(str(name))}</td><td>{html.escape(str(info.get('checkpoint')))}</td>"
+                f"<tr><td>{html.escape(str(info.get('label') or name))}</td><td>{html.escape(str(_source(info)))}</td>"
                 f"<td><code>{html.escape(str(info.get('sha256')))}</code></td>"
                 f"<td class=\"num\">{html.escape(str(info.get('parameters')))}</td></tr>"
                 for name, info in checkpoints.items() if isinstance(info, Mapping))
             parts.append("<table class=\"provenance sortable\"><thead><tr><th>pipeline</th><th>checkpoint</th>"
                          f"<th>sha256</th><th>parameters</th></tr></thead><tbody>{rows}</tbody></table>")
+        inputs = manifest.get("inputs") or {}
+        if isinstance(inputs, Mapping) and inputs:   # full paths live here, not in the captions (issue 26)
+            parts.append(_inputs_table(inputs, checkpoints if isinstance(checkpoints, Mapping) else {},
+                                       (manifest.get("config") or {}).get("metrics") or {}))
         warnings = manifest.get("warnings") or []
         if warnings:
             parts.append("<ul class=\"notes\">" + "".join(f"<li>{html.escape(str(w))}</li>" for w in warnings) + "</ul>")
@@ -133,6 +138,34 @@ def provenance(manifests: Mapping[str, Mapping[str, Any]]) -> str:
             parts.append("<details><summary>config</summary><pre>"
                          + html.escape(json.dumps(config, indent=1, sort_keys=True, default=str)) + "</pre></details>")
     return "\n".join(parts)
+
+
+def _source(info: Mapping[str, Any]) -> Any:
+    """A pipeline's checkpoint, or where its samples made elsewhere were read from."""
+    origin = info.get("provenance") if isinstance(info.get("provenance"), Mapping) else {}
+    return info.get("checkpoint") or origin.get("path") or origin.get("model")
+
+
+def _inputs_table(inputs: Mapping[str, Any], checkpoints: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    """Both sides of each pipeline as measured (the manifest's `inputs`), with their full paths."""
+    rows = []
+    for name, sides in inputs.items():
+        if not isinstance(sides, Mapping):
+            continue
+        entry = checkpoints.get(name) if isinstance(checkpoints.get(name), Mapping) else {}
+        origin = entry.get("provenance") if isinstance(entry.get("provenance"), Mapping) else {}
+        label = entry.get("label") or name
+        samples, reference = sides.get("samples") or {}, sides.get("reference") or {}
+        where = {"samples": origin.get("path") or "sampled by the pipeline",
+                 "reference": (metrics.get("reference") if reference.get("data") == "statistics" else None)
+                 or reference.get("root") or reference.get("data")}
+        for side, facts in (("samples", samples), ("reference", reference)):
+            n = facts.get("n", facts.get("n_available"))
+            cells = (label, side, where[side], n, facts.get("sizes"), facts.get("resize"))
+            rows.append("<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in cells)
+                        + "</tr>")
+    return ("<table class=\"provenance sortable\"><thead><tr><th>pipeline</th><th>input</th><th>path</th><th>n</th>"
+            f"<th>sizes</th><th>resize</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
 def _compact(value: Any) -> str | None:

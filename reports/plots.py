@@ -9,7 +9,12 @@
   and time per image split into stacked per-stage bars (annotated with images/s) where the
   pipelines have per-stage timings; `--plot METRIC:AXIS` with a categorical axis (pipeline,
   data, ...) is a bar chart too;
-- an overview (one bar panel per metric) when no sweep axis varies and nothing else is plotted.
+- an overview (one bar panel per metric; descriptor rows such as the masks' measured area are
+  said in the group headings instead) when no sweep axis varies and nothing else is plotted.
+
+Every bar chart is drawn by reports.bars: bars in the table's row order and comparison groups,
+references and baselines gray and hatched, values printed at the bars' ends, a log axis where
+positive values span more than 30x.
 
 A line plot needs an axis with at least two numeric values and a series (a pipeline at fixed
 other settings) that has two points on it: one point per series on a categorical axis answers
@@ -23,7 +28,6 @@ from __future__ import annotations
 
 import math
 import re
-import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,9 +37,14 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from bench.atomic import atomic_savefig
 from bench.results import param_columns
+from reports.bars import draw_panel, label_lines, role_legend, slots, style_rows, table_layout, wrap
 from reports.load import ReportError, normalise
-from reports.metric_kinds import EITHER, LOWER, is_better, metric_kind, metric_sort_key
+from reports.metric_kinds import EITHER, LOWER, is_better, is_descriptor, metric_kind, metric_sort_key
+from reports.plot_labels import AXIS_LABELS, axis_label, axis_title as _label, metric_label, unit_of as _unit
 from reports.tables import sort_key
+
+__all__ = ["AXIS_LABELS", "auto_bars", "auto_specs", "axis_label", "metric_label", "pareto_front", "parse_spec",
+           "plot_bars", "plot_metric_vs_axis", "plot_overview", "plot_pareto", "plot_stage_times", "write_plots"]
 
 _DPI = 100
 _SAVE = {"dpi": _DPI, "metadata": {"Software": None}}  # no version string: same bytes across installs
@@ -74,25 +83,6 @@ SUITE_PARETOS: dict[str, list[tuple[str, str]]] = {"f_sweep": [("images_per_s", 
 
 # A Pareto front over fewer points says no more than the table does (issue 28: the smoke run's two).
 MIN_PARETO_POINTS = 3
-# How a sweep axis reads on a plot; other columns read as their name with spaces.
-AXIS_LABELS = {"steps": "sampling steps", "guidance_scale": "guidance scale", "f": "downsampling factor f",
-               "eta": "DDIM eta", "data_n": "reference images", "factor": "upscaling factor",
-               "mask_ratio": "mask area ratio", "rank": "adapter rank", "adapter_scale": "adapter scale",
-               "noise_aug": "noise augmentation level", "pipeline": "pipeline"}
-
-
-def axis_label(axis: str) -> str:
-    return AXIS_LABELS.get(axis, str(axis).replace("_", " ").replace(".", " "))
-
-
-def metric_label(metric: str) -> str:
-    """The registry's label, with the model or stage a bracket names: 'stage share (base)', 'FID'."""
-    kind = metric_kind(metric)
-    bracket = re.search(r"\[(.+)\]$", str(metric))
-    base = kind.label if kind.label != kind.name else kind.name.replace("_", " ")
-    return f"{base} ({bracket.group(1)})" if bracket else base
-
-
 def _flat(values: Sequence[float]) -> bool:
     """All finite values equal (or fewer than two): a line or bars that say one number."""
     finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
@@ -179,19 +169,6 @@ def _check_metric(frame: pd.DataFrame, metric: str) -> None:
                           f"{sorted(set(frame['metric']), key=metric_sort_key)}")
 
 
-def _label(metric: str, unit: str = "") -> str:
-    """An axis label: 'PSNR (dB), higher is better'."""
-    direction = metric_kind(metric).direction
-    label = metric_label(metric)
-    hint = "" if direction == EITHER else f", {direction} is better"
-    same = unit in label or unit.replace("img", "images") in label   # "images/s (img/s)" says it twice
-    return f"{label}{f' ({unit})' if unit and not same else ''}{hint}"
-
-
-def _unit(frame: pd.DataFrame, metric: str) -> str:
-    return "/".join(sorted({u for u in frame.loc[frame["metric"] == metric, "unit"] if u}))
-
-
 def _errors(sub: pd.DataFrame) -> list[list[float]]:
     """Asymmetric error bars from ci_low/ci_high; 0 where there is no interval."""
     below = [(v - lo) if math.isfinite(lo) else 0.0 for v, lo in zip(sub["value"], sub["ci_low"])]
@@ -204,11 +181,6 @@ def _group_label(pipeline: str, others: dict[str, Any]) -> str:
     return f"{pipeline} ({extra})" if extra else pipeline
 
 
-def _wrap(text: str, width: int = 28) -> str:
-    """Long bar labels over several lines instead of running into the next one."""
-    return "\n".join(textwrap.wrap(str(text), width, break_long_words=False, break_on_hyphens=False)) or str(text)
-
-
 def _readable_xticks(ax: Any) -> None:
     """Rotate x tick labels that would otherwise overlap (many, or long, labels)."""
     labels = [t.get_text() for t in ax.get_xticklabels()]
@@ -218,52 +190,38 @@ def _readable_xticks(ax: Any) -> None:
             tick.set_horizontalalignment("right")
 
 
-def _bar_frame(frame: pd.DataFrame, metric: str, axis: str) -> tuple[pd.DataFrame, list[str]]:
-    """The metric's rows in table order and one label per bar: the axis value, then the other
-    settings that vary among these rows (and the run, where the same point comes from several)."""
-    sub = frame[(frame["metric"] == metric) & frame[axis].notna()]
-    # settings that the axis value already fixes (an autoencoder's f) would only lengthen the label
-    others = [c for c in ["pipeline", *varying_axes(sub)] if c != axis
-              and (sub.groupby(axis)[c].agg(lambda v: v.astype(str).nunique()) > 1).any()]
-    keys = [axis, *others]
-    sub = sub.assign(_o=[tuple(sort_key(v) for v in r) for r in sub[keys].itertuples(index=False)]) \
-        .sort_values("_o", kind="stable")
-    labels = [_group_label(str(r[0]), {k: v for k, v in zip(others, r[1:]) if v is not None})
-              for r in sub[keys].itertuples(index=False)]
-    if len(set(labels)) < len(labels):
-        labels = [f"{label} [{run}]" for label, run in zip(labels, sub["run_id"])]
-    return sub, labels
-
-
-def plot_bars(frame: pd.DataFrame, metric: str, path: Path, axis: str = "pipeline") -> Path:
-    """One horizontal bar per `axis` value (and per setting of the other varying columns), the
-    stored CI as error bars; labels wrapped so they never overlap."""
-    frame = normalise(frame)
-    _check_metric(frame, metric)
-    sub, labels = _bar_frame(frame, metric, axis)
-    if sub.empty:
-        raise ReportError(f"no {metric!r} value has a {axis!r} value to plot against")
-    wrapped = [_wrap(label) for label in labels]
-    lines = sum(label.count("\n") + 1 for label in wrapped)
-    fig = Figure(figsize=(6.4, 1.2 + 0.22 * lines + 0.12 * len(sub)))
-    ax = fig.add_subplot()
-    has_ci = bool(sub["ci_low"].notna().any())
-    ax.barh(range(len(sub)), sub["value"].fillna(0.0), xerr=_errors(sub) if has_ci else None, capsize=3,
-            color="tab:blue")
-    for i, value in enumerate(sub["value"]):
-        ax.annotate(format(value, ".4g"), (0, i), xytext=(3, 0), textcoords="offset points", va="center",
-                    fontsize=7, color="white" if value > 0 else "black")
-    ax.set_yticks(range(len(sub)), wrapped, fontsize=8)
-    ax.invert_yaxis()
-    ax.xaxis.set_major_locator(MaxNLocator(6))
-    ax.set_xlabel(_label(metric, _unit(sub, metric)))
-    ci = "; error bars: the stored CI" if has_ci else ""
-    ax.set_title(f"{metric_label(metric)} by {axis_label(axis)}{ci}", fontsize=10)
-    ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
+def _save_figure(fig: Any, path: str | Path, top: float = 1.0) -> Path:
+    fig.tight_layout(rect=(0, 0, 1, top))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_savefig(fig, path, **_SAVE)   # no half-written image; a failed write names the file
     return Path(path)
+
+
+def _legend_room(height: float) -> float:
+    """The top of the panels' area (figure fraction) leaving a band for the role legend."""
+    return 1.0 - 0.32 / height
+
+
+def plot_bars(frame: pd.DataFrame, metric: str, path: Path, axis: str = "pipeline") -> Path:
+    """One horizontal bar per `axis` value (and per setting of the other varying columns) in the
+    table's order and groups (reports.bars), the stored CI as error bars, the value at each bar's end."""
+    frame = normalise(frame)
+    _check_metric(frame, metric)
+    layout = table_layout(frame, [metric], primary=axis)
+    bars = layout.bars_of(metric)
+    if not bars:
+        raise ReportError(f"no {metric!r} value has a {axis!r} value to plot against")
+    height = 1.3 + 0.2 * label_lines(layout, bars)
+    fig = Figure(figsize=(6.4, height))
+    ax = fig.add_subplot()
+    sub = frame[frame["metric"] == metric]
+    has_ci = bool(sub["ci_low"].notna().any())
+    ci = "; error bars: the stored CI" if has_ci else ""
+    draw_panel(ax, layout, metric, bars, f"{metric_label(metric)} by {axis_label(axis)}{ci}")
+    ax.title.set_fontsize(10)
+    ax.set_xlabel(_label(metric, _unit(sub, metric)))
+    legend = role_legend(fig, layout)
+    return _save_figure(fig, path, _legend_room(height) if legend else 1.0)
 
 
 def _stage_of(metric: str, prefix: str) -> str | None:
@@ -280,61 +238,51 @@ def stage_time_wanted(frame: pd.DataFrame) -> bool:
 
 def plot_stage_times(frame: pd.DataFrame, path: Path) -> Path:
     """Seconds per image as stacked per-stage bars (stage_s_per_image[stage] rows, the stages in
-    pipeline order; the rest of the total as 'other'), one bar per pipeline and sweep point,
-    annotated with images/s: where a pipeline's sampling time goes, and how the models compare."""
+    pipeline order; the rest of the total as 'other'), one bar per pipeline and sweep point in the
+    table's order and groups (reports.bars), annotated with images/s: where a pipeline's sampling
+    time goes, and how the models compare."""
     frame = normalise(frame)
     _check_metric(frame, "s_per_image")
-    totals, labels = _bar_frame(frame, "s_per_image", "pipeline")
-    keys = ["pipeline", *param_columns(frame)]
-
-    def same_point(rows: pd.DataFrame, total: pd.Series) -> pd.Series:
-        match = rows["run_id"] == total["run_id"]
-        for key in keys:
-            match &= rows[key].map(lambda v: v == total[key] if total[key] is not None else v is None)
-        return match
-
+    stages = {m for m in frame["metric"] if _stage_of(m, "stage_s_per_image")}
+    layout = table_layout(frame, ["s_per_image", "images_per_s", *stages])
+    bars = layout.bars_of("s_per_image")
+    placed = slots(layout, bars)
     palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
                "tab:olive", "tab:cyan"]
     colours: dict[str, str] = {}   # one colour per stage name across bars (first come, first served)
-    wrapped = [_wrap(label) for label in labels]
-    lines = sum(label.count("\n") + 1 for label in wrapped)
-    fig = Figure(figsize=(7.2, 1.4 + 0.22 * lines + 0.12 * len(totals)))
+    height = 1.5 + 0.2 * label_lines(layout, bars)
+    fig = Figure(figsize=(7.2, height))
     ax = fig.add_subplot()
     ends = []
-    for i, (_, total) in enumerate(totals.iterrows()):
-        rows = frame[same_point(frame, total)]
-        left = 0.0
-        segments = []   # this pipeline's stages in its own order (the order its rows were written)
-        for metric, value in zip(rows["metric"], rows["value"]):
-            stage = _stage_of(metric, "stage_s_per_image")
-            if stage and math.isfinite(value):
-                segments.append((stage, float(value)))
-        rest = float(total["value"]) - sum(v for _, v in segments)
-        if rest > 0.005 * float(total["value"]):
+    for y, bar, _ in placed:
+        if bar is None:
+            continue
+        total = layout.cells[(bar.key, "s_per_image")][0]
+        segments = [(_stage_of(m, "stage_s_per_image"), cell[0]) for (key, m), cell in layout.cells.items()
+                    if key == bar.key and m in stages and math.isfinite(cell[0])]   # in the order written
+        rest = total - sum(v for _, v in segments)
+        if rest > 0.005 * total:
             segments.append(("other", rest))
+        left = 0.0
         for stage, seconds in segments:
             new = stage not in colours
             colours.setdefault(stage, "lightgray" if stage == "other" else palette[len(colours) % len(palette)])
-            ax.barh(i, seconds, left=left, color=colours[stage], label=stage if new else "_nolegend_")
+            ax.barh(y, seconds, left=left, height=0.7, color=colours[stage], label=stage if new else "_nolegend_",
+                    **({} if bar.role == "method" else {"hatch": "////", "edgecolor": "0.45", "linewidth": 0.5}))
             left += seconds
         ends.append(left)
-        ips = rows.loc[rows["metric"] == "images_per_s", "value"]
-        throughput = float(ips.iloc[0]) if len(ips) else 1.0 / float(total["value"])
-        ax.annotate(f"{throughput:.3g} img/s", (left, i), xytext=(3, 0), textcoords="offset points",
+        ips = layout.cells.get((bar.key, "images_per_s"))
+        throughput = ips[0] if ips else 1.0 / total
+        ax.annotate(f"{throughput:.3g} img/s", (left, y), xytext=(3, 0), textcoords="offset points",
                     va="center", fontsize=7)
-    left = ends
-    ax.set_yticks(range(len(totals)), wrapped, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(0, max(left) * 1.25 if left and max(left) > 0 else 1)
+    style_rows(ax, layout, placed, labels=True)
+    ax.set_xlim(0, max(ends) * 1.25 if ends and max(ends) > 0 else 1)
     ax.xaxis.set_major_locator(MaxNLocator(6))
     ax.set_xlabel("seconds per image (lower is better), split by stage")
     ax.set_title("time per image by stage (annotated: throughput)", fontsize=10)
     ax.grid(alpha=0.3, axis="x")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="stage", title_fontsize=7)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_savefig(fig, path, **_SAVE)   # no half-written image; a failed write names the file
-    return Path(path)
+    return _save_figure(fig, path)
 
 
 def plot_metric_vs_axis(frame: pd.DataFrame, metric: str, axis: str, path: Path) -> Path:
@@ -449,35 +397,45 @@ def plot_pareto(frame: pd.DataFrame, metric_x: str, metric_y: str, path: Path) -
     return _save(fig, ax, path)
 
 
+def overview_metrics(frame: pd.DataFrame) -> list[str]:
+    """The overview's panels: every metric with two or more values, but per-stage rows (the stacked
+    time plot's) and descriptors (a measured setting such as the masks' area: said in the group
+    headings, not compared as a result)."""
+    return [m for m in sorted(set(frame["metric"]), key=metric_sort_key)
+            if (frame["metric"] == m).sum() >= 2 and not re.fullmatch(r"(stage_\w+|nfe_per_image)\[.+\]", m)
+            and not is_descriptor(m)]
+
+
 def plot_overview(frame: pd.DataFrame, path: Path) -> Path:
-    """One horizontal-bar panel per metric, a bar per (pipeline, sweep point), CI as error bars."""
+    """One horizontal-bar panel per metric, a bar per (pipeline, sweep point) in the table's order
+    and groups (reports.bars), CI as error bars. Where the panels show (nearly) the same rows, the
+    rows line up across panels like a table's and only the first column is labelled."""
     frame = normalise(frame)
     if frame.empty:
         raise ReportError("no result rows to plot")
-    # per-stage rows are the stacked time plot's; a metric of one value says nothing a table does not
-    metrics = [m for m in sorted(set(frame["metric"]), key=metric_sort_key)
-               if (frame["metric"] == m).sum() >= 2 and not re.fullmatch(r"(stage_\w+|nfe_per_image)\[.+\]", m)]
+    metrics = overview_metrics(frame)
     if not metrics:
         raise ReportError("no metric has two or more values to compare; the table says it all")
+    layout = table_layout(frame, metrics)
+    panels = {metric: layout.bars_of(metric) for metric in metrics}
+    shared = all(2 * len(bars) >= len(layout.bars) for bars in panels.values())
+    if shared:
+        panels = {metric: layout.bars for metric in metrics}
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
-    panels = {metric: _bar_frame(frame, metric, "pipeline") for metric in metrics}
-    lines = max(sum(_wrap(label, 30).count("\n") + 1 for label in labels) for _, labels in panels.values())
-    fig = Figure(figsize=(4.6 * cols, 0.6 + rows * (0.8 + 0.2 * lines)))
+    lines = max(label_lines(layout, bars) for bars in panels.values())
+    widest = max((len(line) for b in layout.bars for line in wrap(b.label).split("\n")), default=10)
+    label_width = min(2.4, 0.3 + 0.055 * widest)   # inches of tick labels at 7 pt
+    width = (label_width + 3.3 * cols) if shared else (label_width + 3.3) * cols
+    height = 0.4 + rows * (0.75 + 0.18 * lines)
+    fig = Figure(figsize=(width, height))
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(rows, cols, i + 1)
-        sub, labels = panels[metric]
-        ax.barh(range(len(sub)), sub["value"].fillna(0.0), capsize=2,
-                xerr=_errors(sub) if sub["ci_low"].notna().any() else None)
-        ax.set_yticks(range(len(sub)), [_wrap(label, 30) for label in labels], fontsize=7)
-        ax.xaxis.set_major_locator(MaxNLocator(4))
-        ax.invert_yaxis()
-        ax.set_title(_label(metric, _unit(sub, metric)), fontsize=9)
-        ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_savefig(fig, path, **_SAVE)   # no half-written image; a failed write names the file
-    return Path(path)
+        sub = frame[frame["metric"] == metric]
+        draw_panel(ax, layout, metric, panels[metric], _label(metric, _unit(sub, metric)),
+                   labels=not shared or i % cols == 0)
+    legend = role_legend(fig, layout)
+    return _save_figure(fig, path, _legend_room(height) if legend else 1.0)
 
 
 def write_plots(frame: pd.DataFrame, out_dir: Path, plots: Sequence[tuple[str, str]] | None = None,
@@ -493,7 +451,7 @@ def write_plots(frame: pd.DataFrame, out_dir: Path, plots: Sequence[tuple[str, s
         plots, paretos = auto_specs(frame)
         bars, stage_plot = auto_bars(frame, plots), stage_time_wanted(frame)
         if not plots and not paretos and not frame.empty:   # the overview holds the per-model bars then
-            if frame["metric"].value_counts().max() >= 2:   # one bar per panel would only repeat the table
+            if overview_metrics(frame):   # one bar per panel would only repeat the table
                 written.append(plot_overview(frame, out_dir / "overview.png"))
             bars = []
     for metric, axis in plots or []:

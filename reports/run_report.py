@@ -45,7 +45,7 @@ def write_report(out_dir: Path, frame: pd.DataFrame, *, formats: Sequence[str] =
     tables += write_section_tables(sections, out_dir, [f for f in formats if f != "csv"], title=title)
     tables.sort(key=lambda p: FORMATS.index(p.suffix[1:]))
     pngs = write_plots(frame, out_dir / PLOT_DIR, plots, paretos) if make_plots else []
-    grids = write_grids(grid_runs, out_dir, grid_k) if make_plots and grid_runs else []  # from stored samples
+    grids = write_grids(grid_runs, out_dir, grid_k, manifests) if make_plots and grid_runs else []  # from stored samples
     table_md = sections_markdown(sections)
     lines = [f"# {title}", ""]
     for label, column in (("Runs", "run_id"), ("Suites", "suite")):

@@ -29,6 +29,7 @@ import pandas as pd
 from bench.atomic import atomic_write_text
 from bench.metrics.feature_spaces import space_names
 from bench.results import param_columns
+from reports.captions import CAPTION_STARTS, format_setting, settings_caption  # noqa: F401 (format_setting: table_spec)
 from reports.load import canonical_value, normalise
 from reports.metric_kinds import metric_kind, metric_sort_key
 from reports.tables import (PLAIN, ROLE_COLUMN, TABLE_STYLE, Pivot, apply_groups, build_pivot, column_names,
@@ -184,7 +185,7 @@ def section_table(section: Section, rows: pd.DataFrame, ci_style: str = "auto") 
         pivot.text_columns[STAGE_SHARE_COLUMN] = stage_shares(table_rows, pivot.index_columns, shares)
         pivot.rows = sorted(set(pivot.rows) | set(pivot.text_columns[STAGE_SHARE_COLUMN]),
                             key=lambda k: tuple(sort_key(v) for v in k))
-    pivot.caption = settings_caption(constant)
+    pivot.caption = settings_caption(constant, shown)
     if details:
         pivot.notes.append(f"Also in results.csv and table.csv: {', '.join(details)}.")
     apply_groups(pivot, comparison_columns(pivot.index_columns))
@@ -220,17 +221,6 @@ def row_columns(rows: pd.DataFrame, leading: Sequence[str] = ()) -> tuple[list[s
 def _varies_within_a_pipeline(rows: pd.DataFrame, col: str) -> bool:
     values = rows[col].map(lambda v: str(canonical_value(v)))
     return bool((values.groupby(rows["pipeline"]).nunique() > 1).any())
-
-
-def settings_caption(constant: dict[str, Any]) -> str:
-    if not constant:
-        return ""
-    return "Settings shared by every row: " + ", ".join(
-        f"{k}={format_setting(v)}" for k, v in sorted(constant.items())) + "."
-
-
-def format_setting(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 def metric_labels(pivot: Pivot, metrics: Sequence[str]) -> dict[str, str]:
@@ -351,7 +341,7 @@ def _widest(text: str) -> int:
 
 
 def _is_prose(line: str) -> bool:
-    return line.startswith("- ") or line.startswith("Settings shared")
+    return line.startswith(("- ", *CAPTION_STARTS))
 
 
 def _wrap_prose(text: str, width: int) -> str:

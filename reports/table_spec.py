@@ -254,7 +254,7 @@ def build_spec_table(frame: pd.DataFrame, spec: TableSpec) -> Pivot:
     pivot.labels.update(metric_labels(pivot, metrics))
     pivot.labels.update(labels)
     pivot.decimals.update(decimals)
-    pivot.caption = " ".join(c for c in (settings_caption(constant), per_method_caption(frame, index)) if c)
+    pivot.caption = " ".join(c for c in (settings_caption(constant, metrics), per_method_caption(frame, index)) if c)
     pivot.column_order = _spec_order(spec, pivot.index_columns, settings, metrics, frame)   # + run_id if added
     if missing:
         pivot.notes.append(f"Not in these results (optional columns left out): {', '.join(missing)}.")

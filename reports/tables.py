@@ -354,9 +354,16 @@ def column_decimals(cells: Sequence[Cell], metric: str, use_ci: bool = True) -> 
     if cells and metric_kind(metric).group == "count" and all(
             _finite(c.value) and float(c.value).is_integer() for c in cells):
         return 0
+    magnitudes = [m for m in (_magnitude(c.value) for c in cells) if m is not None]
+    if metric_kind(metric).timing and magnitudes and max(magnitudes) - min(magnitudes) >= 2:
+        return -1   # throughputs spanning decades (12,000 vs 8.7 img/s): each cell its own precision
     found = [decimals_for(metric, c.value, _half_width(c) if use_ci else None) for c in cells]
     found = [d for d in found if d is not None]
     return max(found) if found else None
+
+
+def _magnitude(value: float) -> int | None:
+    return math.floor(math.log10(abs(value))) if _finite(value) and value != 0 else None
 
 
 def _interval_form(cell: Cell | None, metric: str, ci_style: str) -> str:

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar, List, Optional
 
 from bench.data.config import BUNDLED_DATASETS, choice, require
-from suites.autoencoder_zoo import reconstruction_rows, shipped_autoencoders
 from suites.common import quality_and_speed
 from suites.params import QualityParams
 
@@ -39,6 +38,9 @@ def run(session, params: Params) -> None:
         quality_and_speed(session, session.load_pipeline(name), speed_n=params.speed_n)
     recon = params.reconstruction
     if recon is not None:
+        # here, not at the top: reconstruction loads torchmetrics (torchvision, transformers) and lpips,
+        # seconds of every start-up of a run that has no autoencoder rows (`pipeline=X` drops them)
+        from suites.autoencoder_zoo import reconstruction_rows, shipped_autoencoders
         for data_name in recon.data:
             data = replace(session.cfg.data, name=data_name, resolution=recon.resolution, n=recon.n, root=None)
             reconstruction_rows(session, shipped_autoencoders(), data, recon.n, rfid=recon.rfid)

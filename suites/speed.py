@@ -37,9 +37,10 @@ def run(session, params: Params) -> None:
     skipped = []
     for name in session.pipeline_names():
         pipe = session.load_pipeline(name)
-        if pipe.samples_made_elsewhere:
-            skipped.append(pipe.info.name)
-            session.say(f"suite speed: skipped pipeline {pipe.info.name}: its samples were made elsewhere, so "
+        if pipe.samples_made_elsewhere:   # named as suite.pipelines / pipeline= name it (its label: its samples')
+            skipped.append(name)
+            label = name if name == pipe.info.name else f"{name} ({pipe.info.name})"
+            session.say(f"suite speed: skipped pipeline {label}: its samples were made elsewhere, so "
                         "there is no sampling to time (reading files is not generation speed); no speed rows "
                         "for it", warning=True)
             continue

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_runs import main_in_process, the_error_line
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,10 +34,11 @@ def test_unknown_pipeline_fails_naming_the_group(tmp_path):
     ("+suite.params.no_such_param=1", "suite.params.no_such_param"),
     ("hardware.no_such_key=1", "no_such_key"),
 ])
-def test_invalid_values_fail_at_start_naming_the_key(tmp_path, override, key):
-    proc = run_bench(override, f"hydra.run.dir={tmp_path}/run")
-    assert proc.returncode != 0, proc.stdout
-    assert key in proc.stderr, proc.stderr[-2000:]
+def test_invalid_values_fail_at_start_naming_the_key(tmp_path, monkeypatch, capsys, override, key):
+    # in this process: the same entry point (bench.app.main); the command line is the test above's
+    code, output = main_in_process(monkeypatch, capsys, [override, f"hydra.run.dir={tmp_path}/run"])
+    assert code != 0, output[-2000:]
+    assert key in output, output[-2000:]
     assert not (tmp_path / "run" / "manifest.json").exists()
 
 
@@ -72,7 +74,7 @@ def test_two_runs_with_one_seed_write_complete_identical_results(tmp_path):
 
 
 
-def test_a_corrupt_png_fails_the_run_naming_the_file_and_leaves_no_result(tmp_path):
+def test_a_corrupt_png_fails_the_run_naming_the_file_and_leaves_no_result(tmp_path, monkeypatch, capsys):
     from PIL import Image
     images = tmp_path / "images"
     images.mkdir()
@@ -80,9 +82,9 @@ def test_a_corrupt_png_fails_the_run_naming_the_file_and_leaves_no_result(tmp_pa
         Image.new("RGB", (32, 32), (40 * i, 10, 200)).save(images / f"ok_{i}.png")
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
     run = tmp_path / "run"
-    proc = run_bench(*TINY_RUN, "data=folder", f"data.root={images}", "data.n=7", f"hydra.run.dir={run}")
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "broken.png" in proc.stderr and "Traceback" not in proc.stderr
+    code, output = main_in_process(monkeypatch, capsys, [*TINY_RUN, "data=folder", f"data.root={images}", "data.n=7",
+                                                         f"hydra.run.dir={run}"])   # in this process: no start-up
+    assert "broken.png" in the_error_line(code, output)
     assert not (run / "results.csv").exists() and not (run / "results.parquet").exists()
     if (run / "manifest.json").exists():
         assert json.loads((run / "manifest.json").read_text())["status"] != "complete"

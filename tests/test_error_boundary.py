@@ -280,10 +280,12 @@ def test_a_damaged_zip_is_named_from_the_reader_that_found_it(tmp_path):
 
 
 # -- temporary files do not survive a resume ---------------------------------------------------------
-def test_a_kill_while_the_results_are_written_leaves_no_temporary_file_after_the_resume(tmp_path, cache, clean_fid):
+def test_a_kill_while_the_results_are_written_leaves_no_temporary_file_after_the_resume(
+        monkeypatch, capsys, tmp_path, cache, clean_fid):
     """A real SIGKILL while results.parquet's temporary file is open: the resumed run finishes
     and sweeps it. The child stops itself at that point (a sitecustomize hook), so the kill
-    lands exactly there, not at a guessed time."""
+    lands exactly there, not at a guessed time. The resume runs in this process (what it finds is
+    on disk; no second interpreter start-up)."""
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
@@ -302,8 +304,9 @@ def test_a_kill_while_the_results_are_written_leaves_no_temporary_file_after_the
                             capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert [p.name.startswith(".results.parquet.") for p in temp_files(run_dir)] == [True]
-    resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    monkeypatch.setenv("DIFFBENCH_CACHE", str(cache))
+    code, output = run_app(monkeypatch, capsys, run_dir)
+    assert code == 0, output[-3000:]
     assert temp_files(run_dir) == [] and status(run_dir) == "complete"
     assert fid(run_dir) == pytest.approx(clean_fid, rel=1e-9, abs=1e-9)
 

@@ -31,7 +31,7 @@ def test_every_external_sample_is_scored_without_suite_n_and_no_speed_is_claimed
     assert (frame.n == 64).all()                               # not the smoke suite's default 32
     assert json.loads(frame.details[0])["n_available"] == 64
     assert "scoring all 64 of its samples (suite.n not given" in caplog.text
-    assert "speed: not measured for external pipeline external_folder" in caplog.text
+    assert "speed: not measured for external pipeline samples" in caplog.text   # labelled after its folder
 
 
 def test_an_explicit_smaller_suite_n_is_honoured_and_stated(folder, tmp_path, caplog):

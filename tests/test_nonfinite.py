@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from bench_runs import main_in_process
 from metric_helpers import PooledPixels, batches
 from safetensors.torch import load_file, save_file
 
@@ -30,10 +29,11 @@ SMALL = ("pipeline=pixel_ddpm", "suite.n=4", "data.n=8", "sampler.steps=2", "met
          "hardware=cpu", "hardware.batch_size=4", "quiet=true")
 
 
-def run_bench(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DIFFBENCH_QUIET": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "bench", *overrides, f"hydra.run.dir={run_dir}"], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
+def run_bench(monkeypatch, capsys, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`python -m bench *overrides` in this process (the entry point, its error boundary and manifest; no
+    interpreter start-up): its exit code, and its stderr + stdout as `stderr`."""
+    code, output = main_in_process(monkeypatch, capsys, [*overrides, f"hydra.run.dir={run_dir}"])
+    return subprocess.CompletedProcess(["python", "-m", "bench", *overrides], code, "", output)
 
 
 def assert_failed_without_results(proc: subprocess.CompletedProcess, run_dir: Path) -> None:
@@ -108,7 +108,7 @@ def test_nan_features_name_nan_and_the_generated_side(tmp_path):
 
 
 @pytest.mark.slow   # a full run; the statistics check itself is tested in test_metrics_refstats
-def test_nan_in_the_reference_file_stops_naming_the_file_and_side(tmp_path):
+def test_nan_in_the_reference_file_stops_naming_the_file_and_side(tmp_path, monkeypatch, capsys):
     reference = tmp_path / "ref_nan.npz"
     mu = np.zeros(2048)
     mu[7] = np.nan
@@ -118,12 +118,12 @@ def test_nan_in_the_reference_file_stops_naming_the_file_and_side(tmp_path):
                       extractor=PooledPixels())   # the NaN check comes before the 48-vs-2048 dims check
 
     run_dir = tmp_path / "run"
-    proc = run_bench(run_dir, *SMALL, f"metrics.reference={reference}")
+    proc = run_bench(monkeypatch, capsys, run_dir, *SMALL, f"metrics.reference={reference}")
     assert_failed_without_results(proc, run_dir)
     assert str(reference) in proc.stderr and "reference side" in proc.stderr and "NaN" in proc.stderr
 
 
-def test_nan_weights_fail_the_run_naming_the_pipeline_and_the_count(tmp_path):
+def test_nan_weights_fail_the_run_naming_the_pipeline_and_the_count(tmp_path, monkeypatch, capsys):
     checkpoint = tmp_path / "nan_ckpt"
     shutil.copytree(CHECKPOINTS / "pixel_ddpm_shapes32", checkpoint)
     # a user's own checkpoint (no recorded sha256): a copy keeping the shipped SHA256SUMS is refused
@@ -134,7 +134,7 @@ def test_nan_weights_fail_the_run_naming_the_pipeline_and_the_count(tmp_path):
     weights[first] = torch.full_like(weights[first], float("nan"))
     save_file(weights, checkpoint / "model.safetensors")
     run_dir = tmp_path / "run"
-    proc = run_bench(run_dir, *SMALL, f"pipeline.checkpoint={checkpoint}")
+    proc = run_bench(monkeypatch, capsys, run_dir, *SMALL, f"pipeline.checkpoint={checkpoint}")
     assert_failed_without_results(proc, run_dir)
     assert "pipeline 'pixel_ddpm' produced 12288 non-finite values" in proc.stderr, proc.stderr[-2000:]
     assert not list((run_dir / "samples").rglob("shards/*.npz"))   # no black images stored either

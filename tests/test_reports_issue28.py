@@ -301,3 +301,17 @@ def test_a_terminal_table_too_wide_for_its_columns_is_split_not_cut():
     text = terminal_text(build_sections(pd.DataFrame(superres_rows())), width=100)
     assert max(len(line) for line in text.splitlines()) <= 100, text
     assert "latent_sr_shapes32_ema" in text and "…" not in text
+
+
+def test_throughputs_spanning_decades_get_significant_digits_not_one_column_precision():
+    """SR img/s: interpolation at ~11,000 img/s beside a sampler at 8.7 img/s read
+    "11353.50 [10010.29, 13113.06]" under one column precision; each cell now carries its own."""
+    from reports.tables import Cell, column_decimals, format_cell
+
+    fast, slow = Cell(11353.5, 10010.29, 13113.06, 6, bracket=True), Cell(8.72, 8.39, 9.07, 4, bracket=True)
+    decimals = column_decimals([fast, slow], "images_per_s")
+    assert format_cell(fast, "images_per_s", "auto", PLAIN, decimals=decimals) == "11354 [10010, 13113]"
+    assert format_cell(slow, "images_per_s", "auto", PLAIN, decimals=decimals) == "8.72 [8.39, 9.07]"
+    # quality metrics and throughputs within a decade keep one precision, so digits line up
+    assert column_decimals([Cell(2.5, 2.4, 2.6, 8), Cell(12.0, 11.0, 13.0, 8)], "images_per_s") == 2
+    assert column_decimals([Cell(46.7, math.nan, math.nan, 8), Cell(0.5, 0.4, 0.6, 8)], "fid") != -1

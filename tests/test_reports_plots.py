@@ -4,6 +4,7 @@ over every model that has both, the f-sweep trade-off, `--plot METRIC:pipeline` 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -171,3 +172,103 @@ def test_pareto_needs_three_points(tmp_path: Path) -> None:
 def test_no_overview_of_single_values(tmp_path: Path) -> None:
     one_model = pd.DataFrame([row("pixel", "fid", 60.0), row("pixel", "kid", 0.02)])
     assert write_plots(one_model, tmp_path) == []   # one bar per panel would only repeat the table
+
+
+# ---- issue 28 (items 3, 5): image-to-image overviews read like their tables ----------------------
+
+def sr_rows() -> list[dict]:
+    """suite=superres's shape: the identity reference (x1, PSNR = inf), interpolation baselines at
+    ~12,000 img/s and one model per factor at ~10 img/s, written in the suite's own order."""
+    rows = []
+
+    def add(name: str, family: str, role: str, factor: int, degradation: str, values: dict) -> None:
+        ctx = RunContext("r1", "superres", name, family, {"task": "superres", "factor": factor,
+                                                          "degradation": degradation, "role": role,
+                                                          "input_resolution": 32 // factor})
+        rows.extend(make_row(ctx, MetricValue(m, v, 32, ci_low=ci and v - ci, ci_high=ci and v + ci))
+                    for m, (v, ci) in values.items())
+
+    add("identity", "reference", "reference", 1, "none", {"fid": (46.7, None), "psnr": (math.inf, None)})
+    for factor, model, ips in ((2, "cascaded_ddpm", 8.7), (4, "latent_sr", 20.3)):
+        for k, name in enumerate(("nearest", "bicubic")):
+            add(name, "baseline", "baseline", factor, "bicubic",
+                {"fid": (70.0 + 10 * k + factor, None), "psnr": (30.0 - factor + k, 1.0),
+                 "images_per_s": (12000.0 + k, 500.0)})
+        add(model, "cascaded", "method", factor, "bicubic",
+            {"fid": (90.0 + factor, None), "psnr": (31.0 - factor, 1.0), "images_per_s": (ips, 0.3)})
+    return rows
+
+
+def panels(figure) -> dict[str, object]:
+    """Panel title (without its direction and scale) -> axes."""
+    return {ax.get_title().split(",")[0]: ax for ax in figure.axes}
+
+
+def bar_rows(ax) -> list[tuple[str, str, bool]]:
+    """(tick label, hatch, italic) per bar from the top, read from the figure's objects."""
+    ticks = {round(y, 3): t for y, t in zip(ax.get_yticks(), ax.get_yticklabels())}
+    bars = sorted((round(p.get_y() + p.get_height() / 2, 3), p.get_hatch() or "") for p in ax.patches)
+    return [(ticks[y].get_text(), hatch, ticks[y].get_fontstyle() == "italic") for y, hatch in bars]
+
+
+def test_overview_is_in_table_order_with_references_and_baselines_apart(tmp_path: Path, figures: list) -> None:
+    assert names(write_plots(pd.DataFrame(sr_rows()), tmp_path)) == ["overview.png"]
+    fig = figures[-1]
+    fid = panels(fig)["FID"]
+    # as the ldm_superres table: by factor then degradation, the reference / baselines first
+    assert [label for label, _, _ in bar_rows(fid)] == [
+        "identity", "bicubic", "nearest", "cascaded_ddpm", "bicubic", "nearest", "latent_sr"]
+    assert all(bool(hatch) == italic == (label != "cascaded_ddpm" and label != "latent_sr")
+               for label, hatch, italic in bar_rows(fid))
+    headings = [t.get_text() for t in fid.texts if t.get_fontweight() == "bold"]
+    assert headings == ["×1, degradation none", "×2, degradation bicubic", "×4, degradation bicubic"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["method", "reference / baseline"]
+    # the rows line up across panels: one label column
+    assert not [t.get_text() for t in panels(fig)["images/s"].get_yticklabels() if t.get_text()]
+
+
+def test_throughput_spanning_orders_of_magnitude_is_on_a_log_axis_with_values(tmp_path: Path, figures: list) -> None:
+    write_plots(pd.DataFrame(sr_rows()), tmp_path)
+    axes = panels(figures[-1])
+    speed = axes["images/s"]
+    assert speed.get_xscale() == "log" and speed.get_title().endswith("(log scale)")
+    printed = [t.get_text() for t in speed.texts]
+    assert "8.7" in printed and "20.3" in printed and "12,000" in printed
+    assert "–" in printed   # the identity reference is not timed: said, not an empty slot
+    assert axes["FID"].get_xscale() == "linear"   # 46.7 .. 94: no need
+
+
+def test_an_infinite_value_is_printed_not_left_an_empty_bar(tmp_path: Path, figures: list) -> None:
+    write_plots(pd.DataFrame(sr_rows()), tmp_path)
+    psnr = panels(figures[-1])["PSNR"]
+    assert "∞ (exact)" in [t.get_text() for t in psnr.texts]
+    assert len(psnr.patches) == 6   # the six finite values are bars; the identity's is the text
+
+
+def test_inpainting_overview_has_no_mask_area_panel_and_says_it_in_the_headings(tmp_path: Path,
+                                                                                 figures: list) -> None:
+    from reports.load import load_runs
+    from reports.metric_kinds import is_descriptor
+    from reports.tables import build_pivot, mark_best
+
+    frame, _ = load_runs([Path(__file__).parent / "data" / "reports_issue28" / "inpainting"])
+    assert "mask_area_ratio" in set(frame["metric"]) and is_descriptor("mask_area_ratio")
+    write_plots(frame, tmp_path)
+    axes = panels(figures[-1])
+    assert not [t for t in axes if "mask area" in t], list(axes)
+    assert axes["images/s"].get_xscale() == "log"   # mean fill at ~30,000 img/s beside diffusion at ~2
+    lpips = [title for title in axes if title.startswith("LPIPS")]
+    assert lpips and all(axes[t].get_xscale() == "linear" for t in lpips)   # quality: a bar's length is its value
+    headings = [t.get_text() for t in axes["FID"].texts if t.get_fontweight() == "bold"]
+    assert headings == ["box mask, area ratio 0.25 (measured 0.25)", "thick mask, area ratio 0.35 (measured 0.35)",
+                        "thin mask, area ratio 0.15 (measured 0.15)"]
+    pivot = build_pivot(frame)
+    mark_best(pivot)
+    assert not [cell for cell in pivot.bold if cell[1] == "mask_area_ratio"]
+
+
+def test_bars_by_pipeline_are_grouped_by_data_set(tmp_path: Path, figures: list) -> None:
+    plot_bars(pd.DataFrame(autoencoder_rows()), "rfid", tmp_path / "rfid.png")
+    ax = figures[-1].axes[0]
+    assert [label for label, _, _ in bar_rows(ax)] == ["ae_kl_f4", "ae_kl_f8", "ae_vq_f4"] * 2
+    assert [t.get_text() for t in ax.texts if t.get_fontweight() == "bold"] == ["data set natural", "data set shapes"]

@@ -127,9 +127,11 @@ def test_overwrite_replaces_the_run_and_leaves_nothing_of_the_old_pipeline(copy,
     assert manifest["status"] == "complete" and manifest["config"]["pipeline"]["name"] == "pixel_untrained"
 
 
-def test_a_killed_overwrite_is_resumed_and_the_old_run_never_comes_back(copy):
-    """Kill an overwriting run mid-sampling; a rerun of the new settings resumes it (the old run
-    is gone, not mixed in); a rerun of the old settings is then refused as other settings."""
+@pytest.mark.usefixtures("one_torch_thread")   # the in-process resume samples with the tiny UNet
+def test_a_killed_overwrite_is_resumed_and_the_old_run_never_comes_back(copy, monkeypatch, capsys):
+    """Kill an overwriting run (a real process) mid-sampling; a rerun of the new settings resumes it (the
+    old run is gone, not mixed in); a rerun of the old settings is then refused as other settings. The
+    reruns go in this process (no interpreter start-up): what they find is on disk."""
     cmd = [sys.executable, "-m", "bench", *RUN, "sampler.steps=40", "suite.n=16", "overwrite=true",
            f"hydra.run.dir={copy}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -148,13 +150,10 @@ def test_a_killed_overwrite_is_resumed_and_the_old_run_never_comes_back(copy):
     manifest = json.loads((copy / "manifest.json").read_text())
     assert manifest["status"] == "running" and manifest["config"]["sampler"]["steps"] == 40
     assert not (copy / "results.csv").exists() and not (copy / "report.md").exists()
-    again = subprocess.run(cmd[:-2] + [f"hydra.run.dir={copy}"], cwd=REPO, env=env(), capture_output=True,
-                           text=True, timeout=900)           # same settings, no overwrite: resumes
-    assert again.returncode == 0, again.stderr[-3000:]
+    code, output = run_app(monkeypatch, capsys, copy, *RUN, "sampler.steps=40", "suite.n=16")   # no overwrite: resumes
+    assert code == 0, output[-3000:]
     assert json.loads((copy / "manifest.json").read_text())["status"] == "complete"
-    old = subprocess.run([sys.executable, "-m", "bench", *RUN, f"hydra.run.dir={copy}"], cwd=REPO, env=env(),
-                         capture_output=True, text=True, timeout=900)
-    line = error_line(old.returncode, old.stderr)
+    line = error_line(*run_app(monkeypatch, capsys, copy, *RUN))
     assert "sampler.steps: 40 there, 3 now" in line and "suite.n: 16 there, 4 now" in line
 
 
@@ -250,3 +249,5 @@ def test_a_missing_local_model_folder_is_called_a_path(tmp_path, monkeypatch, ca
 def test_the_manifest_records_the_thread_count(finished):
     device = json.loads((finished / "manifest.json").read_text())["device"]
     assert device["threads"] == 1          # OMP_NUM_THREADS=1 in env(): torch's intra-op threads
+    import torch
+    assert device["cpu_capability"] == torch.backends.cpu.get_cpu_capability()   # AVX2 vs AVX512 kernels

@@ -154,8 +154,8 @@ def test_leftovers_of_a_kill_are_recovered(tmp_path):
     store = SampleStore(root, KEY, shard_size=4)
     pipe = NoisePipeline()
     part = next(pipe.sample(request(2, 2, start=4)))
-    from bench.store import _batch_arrays, write_npz
-    write_npz(root / "parts" / "shard-000001" / "p000000000004.npz", _batch_arrays(part))
+    from bench.store_files import batch_arrays, write_npz
+    write_npz(root / "parts" / "shard-000001" / "p000000000004.npz", batch_arrays(part))
     # kill inside atomic writes: orphaned temporary files
     (root / "parts" / "shard-000001" / ".p000000000006.npz.abc.tmp").write_bytes(b"half")
     (root / "shards" / ".shard-000001.npz.xyz.tmp").write_bytes(b"half")

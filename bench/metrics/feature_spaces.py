@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable
 
 from bench.metrics import registry
 from bench.weights.catalog import WeightSpec, spec_for
 from bench.weights.errors import WeightsNotFoundError
-from bench.weights.places import WEIGHTS_ENV, candidate_paths, torch_hub_checkpoints
+from bench.weights.places import (WEIGHTS_ENV, candidate_paths, explicit_file, explicit_missing_line,
+                                  torch_hub_checkpoints)
 
 INCEPTION = "inception"
 DEFAULT_CMMD_SPACE = "clip-vit-l-14-336"
@@ -150,9 +150,8 @@ def check_weights_present(cfg: Any) -> None:
     for space in weights_needed(cfg):
         weight = spec_for(spec(space).weights)
         if explicit.get(space):
-            if not Path(explicit[space]).expanduser().is_file():
-                missing.append(f"metrics.feature_weights.{space}={explicit[space]}: no such file; give the path of "
-                               f"one of {list(weight.files)}")
+            if explicit_file(weight, explicit[space]) is None:   # a file, or a Hugging Face folder holding one
+                missing.append(explicit_missing_line(weight, explicit[space], f"metrics.feature_weights.{space}"))
         elif not any(path.is_file() for _, path in candidate_paths(weight)):
             missing.append(missing_weights_line(space, weight))
     if missing:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +26,7 @@ from bench.metrics.metric_set import MetricSet
 from bench.metrics.metric_set import build_metrics as build_space_set
 from bench.results import MetricValue
 from bench.weights import WeightsNotFoundError, spec_for
+from bench.weights.places import explicit_file
 from bench.weights.resolver import check, locate
 
 
@@ -120,7 +120,11 @@ def check_feature_weights(cfg: Any) -> dict[str, Any]:
     explicit = getattr(cfg, "feature_weights", None) or {}
     for space in weights_needed(cfg):
         spec = spec_for(feature_spaces.spec(space).weights)
-        resolved = check(spec, Path(explicit[space]).expanduser(), "explicit") if explicit.get(space) else locate(spec)[0]
+        if explicit.get(space):   # the file, or the one in the (Hugging Face) folder given
+            given = explicit_file(spec, explicit[space])
+            resolved = check(spec, given, "explicit") if given is not None else None
+        else:
+            resolved = locate(spec)[0]
         if resolved is None:   # present a moment ago, gone now
             raise WeightsNotFoundError(feature_spaces.missing_weights_line(space, spec))
         found[space] = resolved.describe()

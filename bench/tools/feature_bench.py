@@ -1,6 +1,6 @@
 """Speed of the feature spaces beside Inception (issue 27), in one run:
 
-  python -m bench.tools.feature_bench --n 1000 [--spaces dinov2-vit-s-14 clip-vit-b-32] [--out FILE.json]
+  python -m bench.tools.feature_bench --n 1000 [--spaces dinov2-vit-s-14 clip-vit-b-32] [--second-n N] [--out FILE.json]
 
 1. Extraction, per space: diffbench's extractor (bench.metrics.vit_features) against torch-fidelity
    0.4.0's (`FeatureExtractorDinoV2` / `FeatureExtractorCLIP`) on the same n uint8 images, with the
@@ -8,19 +8,22 @@
    difference between the two feature sets (relative to the largest feature).
 2. The cost of a second feature space in an Inception run: MetricSet.update over the same images
    for Inception alone (fid, kid), the space alone, and both (a SpaceMetricSet); the overhead is
-   t(both) - t(Inception) - t(space), as a share of t(space) (goal: under 5 %).
+   t(both) - t(Inception) - t(space), as a share of t(space) (goal: under 5 %), in wall and CPU time.
 
 No pretrained DINOv2 / CLIP weights can be had offline, so both sides get the same random-initialised
 genuine networks at their true sizes (bench.tools.random_vits: facebookresearch's DinoVisionTransformer
 served to torch-fidelity through a local torch hub folder, an OpenAI-layout TorchScript for CLIP);
 the forward cost does not depend on the weights' values. Inception is the real TF-FID network.
 Each timing is the best of --repeats runs (other processes share the machine), after one warm-up
-batch. The figures in the README came from this command.
+batch. The figures in the README came from this command. The machine's load average (1 min) is
+recorded at the start and end of each part: on a shared machine the wall-clock rates depend on it, the
+CPU time per image much less.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 import warnings
@@ -126,8 +129,11 @@ def bench_second_space(space: str, weights: str, images: torch.Tensor, batch: in
                 metrics.update(item)
         times[label] = _timed(run, repeats)[:2]
     overhead = times["both"][0] - times["inception"][0] - times["space"][0]
+    overhead_cpu = times["both"][1] - times["inception"][1] - times["space"][1]   # steadier on a shared machine
     return {"space": space, "n": len(images), "inception_s": times["inception"][0], "space_s": times["space"][0],
-            "both_s": times["both"][0], "overhead_s": overhead, "overhead_share_of_space": overhead / times["space"][0]}
+            "both_s": times["both"][0], "overhead_s": overhead, "overhead_share_of_space": overhead / times["space"][0],
+            "inception_cpu_s": times["inception"][1], "space_cpu_s": times["space"][1], "both_cpu_s": times["both"][1],
+            "overhead_cpu_s": overhead_cpu, "overhead_cpu_share_of_space": overhead_cpu / times["space"][1]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--spaces", nargs="+", default=list(SPACES), choices=SPACES)
+    parser.add_argument("--spaces", nargs="*", default=list(SPACES), choices=SPACES,
+                        help="spaces whose extraction is timed (none: only the second-space part)")
     parser.add_argument("--second-space", default="dinov2-vit-s-14", choices=(*SPACES, "none"))
+    parser.add_argument("--second-n", type=int, default=0, help="images of the second-space part (0: --n)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -145,26 +153,33 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     images = torch.cat([b.images for b in ShapesSource(args.resolution, args.n, 0, "train").iter_batches(100)])
     report: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "extraction": [], "second_space": None}
+    load = lambda: round(os.getloadavg()[0], 2)   # noqa: E731  (shared machine: the context of each timing)
     with tempfile.TemporaryDirectory(prefix="feature-bench-") as tmp:
         weights = {}
         for space in args.spaces:
+            before = load()
             row = bench_extraction(space, images, args.batch_size, args.repeats, Path(tmp) / space)
+            row["load_average_1min"] = [before, load()]
             weights[space] = row["weights"]
             report["extraction"].append(row)
             print(f"{space}: diffbench {row['diffbench_img_per_s']:.1f} img/s, {row['diffbench_cpu_s_per_img']:.3f} "
                   f"CPU-s/img; torch-fidelity {row['torch_fidelity_img_per_s']:.1f} img/s, "
                   f"{row['torch_fidelity_cpu_s_per_img']:.3f} CPU-s/img; speed ratio {row['speed_ratio']:.2f}; "
-                  f"features differ by {row['max_abs_feature_diff_rel']:.1e} (relative)", flush=True)
+                  f"features differ by {row['max_abs_feature_diff_rel']:.1e} (relative); load average "
+                  f"{row['load_average_1min'][0]} -> {row['load_average_1min'][1]}", flush=True)
         if args.second_space != "none":
             if args.second_space not in weights:
                 weights[args.second_space] = extractors(args.second_space, Path(tmp) / args.second_space)[2]
-            row = bench_second_space(args.second_space, weights[args.second_space], images, args.batch_size,
-                                     args.repeats, Path(tmp) / "cache")
+            before = load()
+            row = bench_second_space(args.second_space, weights[args.second_space], images[:args.second_n or None],
+                                     args.batch_size, args.repeats, Path(tmp) / "cache")
+            row["load_average_1min"] = [before, load()]
             report["second_space"] = row
             print(f"second space {row['space']} in an Inception run (MetricSet.update, n={row['n']}): Inception "
                   f"{row['inception_s']:.1f} s, {row['space']} {row['space_s']:.1f} s, both {row['both_s']:.1f} s; "
                   f"overhead {row['overhead_s']:+.2f} s = {100 * row['overhead_share_of_space']:+.1f} % of the space's "
-                  "own time", flush=True)
+                  f"own time; CPU s {row['inception_cpu_s']:.1f} + {row['space_cpu_s']:.1f} vs {row['both_cpu_s']:.1f}, "
+                  f"overhead {100 * row['overhead_cpu_share_of_space']:+.1f} %; load average {row['load_average_1min'][0]} -> {row['load_average_1min'][1]}", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))

@@ -194,7 +194,7 @@ def _dinov2_spec(size: str) -> WeightSpec:
               f"'{hub}')\"` (saves {hub}_pretrain.pth under ~/.cache/torch/hub/checkpoints/), or `curl -LO "
               f"{_DINOV2_URL.format(hub=hub)}`; copy the file into the torch hub checkpoints folder here, or "
               f"`python -m bench.weights import <its folder>`, or give metrics.feature_weights.dinov2-vit-{size}-14=PATH "
-              f"(the model.safetensors of a Hugging Face folder of timm/{timm_repo} or facebook/dinov2-{hf_name} works too)"))
+              f"(a Hugging Face folder of timm/{timm_repo} or facebook/dinov2-{hf_name}, or its model.safetensors, works too)"))
 
 
 def _clip_spec(space: str) -> WeightSpec:
@@ -212,7 +212,7 @@ def _clip_spec(space: str) -> WeightSpec:
         note=(f"On a machine that is online: `python -c \"import open_clip; open_clip.create_model('{openai.replace('px', '')}', "
               f"pretrained='openai')\"` (saves it in the Hugging Face cache), or `curl -LO {url}`; copy {openai}.pt "
               f"into ~/.cache/clip/ here, or `python -m bench.weights import <its folder>`, or give "
-              f"metrics.feature_weights.{space}=PATH"))
+              f"metrics.feature_weights.{space}=PATH (the .pt, or open_clip's Hugging Face folder of timm/{timm_repo})"))
 
 
 KNOWN.update({spec.name: spec for spec in (*(_dinov2_spec(size) for size in _DINOV2),

@@ -67,5 +67,47 @@ def candidate_paths(spec: WeightSpec) -> list[tuple[str, Path]]:
     return out
 
 
+# the weight file of a Hugging Face folder given as an explicit path, after the catalog's own names:
+# transformers' `save_pretrained` (facebook/dinov2-*: model.safetensors, or the older
+# pytorch_model.bin) and open_clip's hf-hub folders (open_clip_model.safetensors /
+# open_clip_pytorch_model.bin beside open_clip_config.json)
+TRANSFORMERS_FILES = ("model.safetensors", "pytorch_model.bin")
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def folder_file_names(spec: WeightSpec) -> tuple[str, ...]:
+    """The file names looked for, in order, when an explicit path is a folder."""
+    names = [*spec.files, *(filename for _, filename in spec.hf_files)]
+    if "model.safetensors" in names:
+        names += TRANSFORMERS_FILES
+    return tuple(dict.fromkeys(names))
+
+
+def explicit_file(spec: WeightSpec, given: str | Path) -> Path | None:
+    """The weight file an explicit path (`metrics.feature_weights.<space>=PATH`) names: the file
+    itself, or in a folder (a Hugging Face folder, a torch hub checkpoints folder) the first of
+    `folder_file_names`; None when there is neither."""
+    path = Path(given).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        return next((path / name for name in folder_file_names(spec) if (path / name).is_file()), None)
+    return None
+
+
+def explicit_missing_line(spec: WeightSpec, given: str | Path, key: str) -> str:
+    """One line: why the explicit path holds no weight file, and what to give instead."""
+    path = Path(given).expanduser()
+    if path.is_dir():
+        sharded = [name for name in SHARD_INDEXES if (path / name).is_file()]
+        why = (f"a folder with a sharded checkpoint ({sharded[0]}), which is not read: save it as one file "
+               f"(save_pretrained(..., max_shard_size='20GB'))" if sharded else
+               f"a folder without any of {list(folder_file_names(spec))}")
+    else:
+        why = "no such file or folder"
+    return (f"{key}={given}: {why}; give the path of one of {list(spec.files)} or of a Hugging Face folder "
+            f"holding {[filename for _, filename in spec.hf_files][0] if spec.hf_files else 'one of them'}")
+
+
 def first_present(spec: WeightSpec) -> Path | None:
     return next((path for _, path in candidate_paths(spec) if path.is_file()), None)

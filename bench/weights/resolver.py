@@ -1,7 +1,7 @@
 """Find a named weight, check it, or make it (DESIGN.md, "Weights").
 
 `resolve(name)` looks, in order, at:
-  1. an explicit path (config);
+  1. an explicit path (config): the file, or a folder holding it (a Hugging Face folder);
   2. the directory in `$DIFFBENCH_WEIGHTS`;
   3. the files the project ships (`bench/weights/files/`);
   4. the project's weights store (`$DIFFBENCH_CACHE/weights`: imported, fetched, converted);
@@ -35,7 +35,7 @@ from bench.weights import convert, pypi
 from bench.weights.catalog import Download, WeightSpec, spec_for
 from bench.weights.errors import WeightsIntegrityError, WeightsNotFoundError
 from bench.weights.formats import detect_format, file_sha256, save_safetensors
-from bench.weights.places import package_dir
+from bench.weights.places import explicit_file, folder_file_names, package_dir
 
 WEIGHTS_ENV = "DIFFBENCH_WEIGHTS"
 OFFLINE_ENV = "DIFFBENCH_OFFLINE"
@@ -187,11 +187,13 @@ def resolve(name: str, explicit_path: str | Path | None = None) -> ResolvedWeigh
     """Find, check or make the weights called `name` (see the module docstring for the order)."""
     spec = spec_for(name)
     if explicit_path is not None:
-        path = Path(explicit_path).expanduser()
-        if not path.is_file():
+        path = explicit_file(spec, explicit_path)   # a file, or a (Hugging Face) folder holding one
+        if path is None:
+            path = Path(explicit_path).expanduser()
             raise WeightsNotFoundError(
                 f"weights {name!r} ({spec.description}): the explicit path {path} does not exist or is not "
-                f"a file. Point it at one of {list(spec.files)}, or leave it unset to search "
+                f"a file or a folder holding one of {list(folder_file_names(spec))}. Point it at one of "
+                f"{list(spec.files)} (or its folder), or leave it unset to search "
                 f"${WEIGHTS_ENV}, the project's files, installed packages and caches.")
         return check(spec, path, "explicit")
     found, looked = locate(spec)

@@ -13,7 +13,6 @@ from bench.weights.formats import file_sha256
 from models.core.checkpoint import MODEL_FILE
 from models.core.interface import Pipeline
 from models.core.registry import build_pipeline, resolve_checkpoint
-from models.networks.adapters import load_adapter
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +30,8 @@ def build_adapted_pipeline(family: str, name: str, checkpoint: str | None = None
     scale = 1.0 if scale is None else float(scale)
     if not math.isfinite(scale) or scale < 0:
         raise ValueError(f"pipeline.params.adapter_scale must be a number >= 0, got {scale}")
+    # peft (and the transformers it loads) only when an adapter is used: seconds of every start-up
+    from models.networks.adapters import load_adapter
     pipe = build_pipeline(family, name, checkpoint, **params)
     record = load_adapter(str(adapter), dict(pipe.networks()), scale=scale, merged=merge)
     base_match = same_base(record, checkpoint)

@@ -12,31 +12,23 @@ What each request setting becomes:
 - seeds: one CPU `torch.Generator` per sample, seeded `derive_seed(seed, i, stage)` and passed
   as diffusers' list of generators, so sample i is the same whatever its batch, and equal to
   calling the pipeline directly with those generators;
-- the scheduler: `params.scheduler: saved` (default) runs the model as saved, with its own
-  scheduler class and config (e.g. DDIM with clip_sample=True, Euler), as calling the pipeline
-  does; the request's sampler and thresholding cannot apply, so the rows' `sampler` column holds
-  the scheduler class (e.g. `EulerDiscreteScheduler`), `thresholding` what its config does to x0
-  (clip_sample=True -> static), and a requested thresholding other than none is refused (a
-  sampler other than ddim, the default, is warned about). `params.scheduler: request` maps the request's sampler / eta / thresholding onto a
-  diffusers scheduler built `from_config` of the model's own (its noise schedule and prediction
-  type are kept). Either way `sampling_details` names the scheduler class and config that run:
-  rows carry it in `details`, the sample store in its key, the manifest in `schedulers_ran`;
+- the scheduler: `params.scheduler: saved` (default) runs the model as saved, `request` maps the
+  request's sampler onto a diffusers scheduler (`diffusers_schedulers`: what runs, what the rows
+  say ran, what is refused);
 - row label: `pipeline.name`, except that a shipped option's name (`diffusers_sd`, ...) is
   replaced by the model's own name (folder or repo id's last part): `/x/my-ddim` -> `my-ddim`;
 - steps, guidance scale: per stage (`stage_overrides`), onto each call's arguments; IF's
   super-resolution `noise_level` = round(noise_aug * 1000) when the stage sets `noise_aug`;
 - timing and NFE: `models.families.diffusers_common.measured`.
-- LoRA: `params.lora` (a save_lora_weights folder or file) and `params.lora_scale` (sweepable,
-  e.g. a multirun over pipeline.params.lora_scale=0,0.5,1) go to diffusers' `load_lora_weights` /
-  `set_adapters` (`load_lora`); the manifest's provenance records them.
+- LoRA: `params.lora`, `params.lora_scale` (`diffusers_lora`).
+Provenance for the manifest: `diffusers_provenance`; the start-time checks of a saved folder:
+`diffusers_preflight`.
 diffusers' safety checkers are switched off: a benchmark must see the images as generated.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import inspect
-import json
 import logging
 import os
 from pathlib import Path
@@ -44,23 +36,20 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from models.families.diffusers_common import (INSTALL_HINT, SCHEDULER_MODES, SeededSteps, images_01_to_uint8,
-                                              make_scheduler, measured, require_diffusers, sample_generators,
-                                              scheduler_mode, scheduler_record, scheduler_swapped)
-from models.core.interface import BatchContext, Pipeline, PipelineInfo, RequestError, SampleRequest, StageInfo
+from models.families.diffusers_common import (INSTALL_HINT, SCHEDULER_MODES, SeededSteps, images_01_to_uint8, measured,
+                                              require_diffusers, sample_generators, scheduler_mode, scheduler_swapped)
+from models.families.diffusers_lora import load_lora
+from models.families.diffusers_provenance import OPTION_NAMES, describe_pipeline, model_label
+from models.families.diffusers_schedulers import SchedulerChoice, unclip_refusal
+from models.core.interface import BatchContext, Pipeline, PipelineInfo, StageInfo
 from models.core.registry import looks_like_path
-from bench.data.config import ConfigError
 
 log = logging.getLogger(__name__)
-# The shipped options' names (conf/pipeline/diffusers_*.yaml): a row label that names the config
-# option, not the model, so a model's own name replaces them (tests check this list against conf/).
-OPTION_NAMES = ("diffusers_ddpm", "diffusers_dit", "diffusers_if", "diffusers_ldm", "diffusers_ldm_text2im",
-                "diffusers_sd", "diffusers_unclip")
-LIBRARIES = ("diffusers", "transformers", "torch", "accelerate")   # versions recorded in the manifest
 
 
-class DiffusersAdapter(Pipeline):
-    """One diffusers pipeline. Subclasses name its stages and map a batch onto its `__call__`."""
+class DiffusersAdapter(SchedulerChoice, Pipeline):
+    """One diffusers pipeline. Subclasses name its stages and map a batch onto its `__call__`;
+    which scheduler runs is `SchedulerChoice`'s."""
 
     conditioning = "none"
     pixel_space = False           # thresholding applies (x0 is an image, not a latent)
@@ -112,87 +101,6 @@ class DiffusersAdapter(Pipeline):
         _move(self.pipe, self.device, self.dtype)
         return self
 
-    # -- which scheduler runs -------------------------------------------------------------
-    def saved_schedulers(self) -> dict[str, Any]:
-        """The model's own scheduler per denoising stage, as saved."""
-        return {"base": getattr(self.pipe, self.scheduler_attribute or "scheduler")}
-
-    def saved_sampler(self) -> str:
-        """The saved scheduler classes, in stage order (`+`-joined where stages differ): what the
-        rows' sampler column holds when the model runs as saved."""
-        names = [type(s).__name__ for s in self.saved_schedulers().values()]
-        return "+".join(dict.fromkeys(names))
-
-    def saved_thresholding(self) -> str:
-        """What the saved schedulers do to x0, in the request's terms: `dynamic` (thresholding=True,
-        Imagen's percentile), `static` (clip_sample=True: clip to +-clip_sample_range) or `none`;
-        `+`-joined where stages differ. It replaces the request's thresholding in the rows."""
-        def mode(config: Any) -> str:
-            if config.get("thresholding"):
-                return "dynamic"
-            return "static" if config.get("clip_sample") else "none"
-        return "+".join(dict.fromkeys(mode(dict(s.config)) for s in self.saved_schedulers().values()))
-
-    def scheduler_for(self, stage: str, settings: Any, saved: Any) -> Any:
-        if self.scheduler_mode == "saved":
-            return saved
-        return make_scheduler(saved, settings, pixel_space=self.pixel_space, pipeline=self.info.name)
-
-    def sampling_details(self, request: SampleRequest | None = None) -> dict[str, Any]:
-        """The scheduler class and config each denoising stage runs for `request` (in request
-        mode they depend on it; without one, only the mode is known). `sampler`, when the model
-        runs as saved, replaces the request's sampler name in the rows."""
-        details: dict[str, Any] = {"scheduler_mode": self.scheduler_mode}
-        if self.scheduler_mode == "saved":
-            details["sampler"] = self.saved_sampler()
-            details["thresholding"] = self.saved_thresholding()
-        if self.scheduler_mode == "saved" or request is not None:
-            details["schedulers"] = {
-                stage: scheduler_record(self.scheduler_for(stage, request.settings_for(stage) if request else None, saved))
-                for stage, saved in self.saved_schedulers().items()}
-        return details
-
-    def _warn_sampler_unused(self, sampler: str) -> None:
-        """A sampler other than the config's default (ddim) was likely asked for: say, once, that
-        the saved scheduler runs instead (the rows' sampler column names it)."""
-        if sampler == SampleRequest.sampler or sampler in self._warned:
-            return
-        self._warned.add(sampler)
-        log.warning("pipeline %s runs as saved with %s; the requested sampler %s is not used (the rows' sampler "
-                    "column says %s); set pipeline.params.scheduler=request to map it onto a diffusers scheduler",
-                    self.info.name, self.saved_sampler(), sampler, self.saved_sampler())
-
-    def _note_ran(self, stage: str, scheduler: Any) -> None:
-        ran = self.provenance["schedulers_ran"].setdefault(stage, [])
-        record = scheduler_record(scheduler)
-        text = json.dumps(record, sort_keys=True, default=str)
-        if all(json.dumps(r, sort_keys=True, default=str) != text for r in ran):
-            ran.append(record)
-
-    def check_request(self, request: SampleRequest) -> None:
-        """Also refuse, before any sampling, settings the diffusers schedulers cannot honour."""
-        super().check_request(request)
-        if self.scheduler_mode == "saved":
-            for stage in self.saved_schedulers():
-                self._warn_sampler_unused(request.settings_for(stage).sampler)
-                mode = request.settings_for(stage).thresholding
-                if mode != "none":
-                    raise RequestError(
-                        f"pipeline {self.info.name!r} runs its saved {self.saved_sampler()} (params.scheduler=saved), "
-                        f"which keeps its own clipping/thresholding config; thresholding={mode} needs "
-                        "pipeline.params.scheduler=request, or use sampler.thresholding=none")
-            return
-        for stage in self.info.stages:
-            if stage.kind not in ("denoiser", "super_resolution"):
-                continue
-            settings = request.settings_for(stage.name)
-            if settings.sampler == "heun" and not self.scales_model_input:
-                raise RequestError(f"pipeline {self.info.name!r}: diffusers' {type(self.pipe).__name__} loop does not "
-                                   "scale model inputs by the sampler's sigmas, which heun (Karras sigmas) needs; "
-                                   "use sampler ddpm, ddim or dpmpp_2m")
-            make_scheduler(getattr(self.pipe, self.scheduler_attribute), settings, pixel_space=self.pixel_space,
-                           pipeline=self.info.name)
-
     # -- one diffusers call, seeded and measured -------------------------------------------
     def call(self, ctx: BatchContext, stage: str, pipe: Any = None, *, counted: Mapping[str, Sequence[Any]],
              timed: Mapping[str, Sequence[Any]] | None = None, steps_argument: str | None = "num_inference_steps",
@@ -221,44 +129,6 @@ class DiffusersAdapter(Pipeline):
         if self.negative_prompt is not None:
             kwargs["negative_prompt"] = [self.negative_prompt] * len(ctx)
         return kwargs
-
-
-def describe_pipeline(pipe: Any, revision: str | None = None) -> dict[str, Any]:
-    """Where a diffusers pipeline came from and what it is made of: path or repo id, the local
-    folder holding its files (for their sha256), pipeline and component classes, library versions."""
-    model = str(getattr(pipe.config, "_name_or_path", "") or "")
-    return {"source": "diffusers", "model": model or "(in memory)", "revision": revision,
-            "folder": _local_folder(model, revision), "pipeline_class": type(pipe).__name__,
-            "components": {k: type(v).__name__ for k, v in pipe.components.items() if v is not None},
-            "versions": {name: _version(name) for name in LIBRARIES}}
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _local_folder(model: str, revision: str | None) -> str | None:
-    """The folder the weights were read from: a save_pretrained() folder, or the Hugging Face
-    cache snapshot of a repo id (looked up offline); None for a pipeline built in memory."""
-    if not model:
-        return None
-    if Path(model).expanduser().is_dir():
-        return str(Path(model).expanduser().resolve())
-    try:
-        from huggingface_hub import snapshot_download   # diffusers' own dependency, only needed here
-        return snapshot_download(model, revision=revision, local_files_only=True)
-    except (ImportError, OSError, ValueError):   # not a cached repo id: the manifest's weight_files is null
-        return None
-
-
-def model_label(model: str | None, stages: Sequence[str] | None) -> str:
-    """A row label that names the model: the folder's or repo id's last part (`/x/my-ddim` ->
-    `my-ddim`, `google/ddpm-cifar10-32` -> `ddpm-cifar10-32`); IF stages joined by `+`."""
-    sources = [model] if model else list(stages or [])
-    return "+".join(str(s).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] for s in sources)
 
 
 def _prepare(pipe: Any) -> None:
@@ -400,8 +270,7 @@ class UnCLIP(DiffusersAdapter):
 
     def __init__(self, name: str, pipe: Any, *, scheduler: str = "saved", **options: Any) -> None:
         if scheduler_mode(scheduler, name) != "saved":
-            raise ValueError(f"diffusers pipeline {name!r}: UnCLIP runs only with its own UnCLIPSchedulers "
-                             "(their steps take prev_timestep); set params.scheduler=saved")
+            raise ValueError(unclip_refusal(name))
         super().__init__(name, pipe, scheduler=scheduler, **options)
 
     def saved_schedulers(self) -> dict[str, Any]:
@@ -519,39 +388,6 @@ def wrap_diffusers(pipe: Any, name: str, **options: Any) -> DiffusersAdapter:
                      f"{sorted(ADAPTERS) + ['IFPipeline (+ IFSuperResolutionPipeline stages)']}")
 
 
-def saved_model_classes(folder: str) -> tuple[str, str]:
-    """(pipeline class, scheduler class(es), `+`-joined) that a save_pretrained() folder names in
-    its model_index.json, read without loading anything: what a dry run says will run, and what
-    preflight checks (a folder without model_index.json, or of a class no adapter serves, exits 2)."""
-    path = Path(folder).expanduser() / "model_index.json"
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-        pipeline_class = str(index["_class_name"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"diffusers model folder {Path(folder).expanduser()}: {path.name} cannot be read "
-                          f"({type(err).__name__}: {err}); give a folder written by save_pretrained()") from None
-    known = sorted(ADAPTERS) + ["IFPipeline", "IFSuperResolutionPipeline"]
-    if pipeline_class not in known:
-        raise ConfigError(f"diffusers model folder {Path(folder).expanduser()}: no adapter for {pipeline_class}; "
-                          f"supported: {known}")
-    schedulers = [str(value[1]) for key, value in index.items() if key.endswith("scheduler")
-                  and key != "image_noising_scheduler" and isinstance(value, list) and len(value) == 2 and value[1]]
-    return pipeline_class, "+".join(dict.fromkeys(schedulers)) or "(no scheduler)"
-
-
-def check_request_scheduler(pipeline_class: str, sampler: str, name: str) -> None:
-    """Refuse at start (before any model loads) what `params.scheduler=request` cannot do for a saved
-    pipeline class: UnCLIP keeps its own schedulers; heun needs a loop that scales model inputs.
-    The same refusals as `DiffusersAdapter.check_request` / `UnCLIP.__init__` (one matrix test)."""
-    adapter = ADAPTERS.get(pipeline_class)
-    if adapter is UnCLIP:
-        raise ConfigError(f"config key 'pipeline.params.scheduler': diffusers pipeline {name!r}: UnCLIP runs only "
-                          "with its own UnCLIPSchedulers (their steps take prev_timestep); set params.scheduler=saved")
-    if sampler == "heun" and adapter is not None and not adapter.scales_model_input:
-        raise RequestError(f"pipeline {name!r}: diffusers' {pipeline_class} loop does not scale model inputs by "
-                           "the sampler's sigmas, which heun (Karras sigmas) needs; use sampler ddpm, ddim or dpmpp_2m")
-
-
 def load_diffusers(source: str, **kwargs: Any) -> Any:
     diffusers = require_diffusers()
     if os.environ.get("DIFFBENCH_QUIET"):
@@ -604,36 +440,6 @@ def build_diffusers(name: str, model: str | None = None, stages: Sequence[str] |
         adapter.provenance["lora"] = record
     return adapter
 
-
-LORA_NAME = "diffbench_lora"
-
-
-def load_lora(pipe: Any, name: str, lora: str | None, scale: float | None) -> dict[str, Any]:
-    """params.lora (a folder or .safetensors file written by `save_lora_weights`, diffusers' /
-    peft's LoRA layout) loaded with the pipeline's own `load_lora_weights`, weighted by
-    params.lora_scale (default 1; 0 gives the base model's images exactly: the LoRA term is
-    multiplied by 0). diffusers routes it to the UNet and, when the file has them, the text encoder."""
-    if lora is None:
-        raise ValueError(f"diffusers pipeline {name!r}: params.lora_scale needs params.lora=PATH")
-    scale = 1.0 if scale is None else float(scale)
-    if not scale == scale or scale < 0:
-        raise ValueError(f"diffusers pipeline {name!r}: params.lora_scale must be a number >= 0, got {scale}")
-    if not hasattr(pipe, "load_lora_weights"):
-        raise ValueError(f"diffusers pipeline {name!r}: {type(pipe).__name__} cannot load LoRA weights "
-                         "(no load_lora_weights); remove params.lora")
-    path = Path(str(lora)).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"diffusers pipeline {name!r}: params.lora={lora!r} does not exist; give the folder "
-                                "(or .safetensors file) written by save_lora_weights")
-    try:
-        if path.is_file():
-            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=LORA_NAME)
-        else:
-            pipe.load_lora_weights(str(path), adapter_name=LORA_NAME)
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"diffusers pipeline {name!r}: params.lora={lora!r} could not be loaded: {err}") from None
-    pipe.set_adapters([LORA_NAME], adapter_weights=[scale])
-    return {"path": str(path), "scale": scale, "components": sorted(pipe.get_list_adapters())}
 
 
 __all__ = ["ADAPTERS", "INSTALL_HINT", "OPTION_NAMES", "SCHEDULER_MODES", "DiffusersAdapter", "build_diffusers",

@@ -11,7 +11,11 @@ the `loader` stage; there is no network, so no NFE.
 Config (conf/pipeline/external_*.yaml):
     family: external
     params: {path: samples.npz, prompts: prompts.txt, resolution: null, source: null, on_bad_file: error}
-`source` is inferred from `path` (a directory -> folder, a file -> npz); `resolution` defaults
+`source` is inferred from `path` (a directory -> folder, a file -> npz). Row label: `pipeline.name`,
+except that a shipped option's name (`external_folder`, `external_npz`) is replaced by the samples'
+own name (`samples_name`: the folder's name, the npz file's stem), as diffusers models are named after
+the model (issue 26 follow-up: torch-fidelity's "input1" is the user's folder, not a config name).
+`resolution` defaults
 to the images' own size, as torch-fidelity and clean-fid score them: one square size per set, else
 refused naming the sizes found (`bench.data.sizes`); a given `resolution` center-crops and resizes
 every other size by the data rule (`bench.data.images`). `image_sizes` and `resize` say which, per row. `on_bad_file` (folders): `error`
@@ -52,6 +56,9 @@ ALL = 2 ** 62        # DataConfig.n for "every image in the file"
 PARAMS = ("path", "source", "prompts", "resolution", "n", "on_bad_file")
 # the folder source's hint names data.on_bad_file; for samples it is the pipeline's own param
 BAD_SAMPLE_HINT = "Remove or replace the file, or set pipeline.params.on_bad_file=skip to leave unreadable files out"
+# The shipped options' names (conf/pipeline/external_*.yaml): they name the config option, not the
+# samples, so the samples' own name replaces them in rows, grids and the manifest's labels.
+OPTION_NAMES = ("external_folder", "external_npz")
 
 
 class ExternalSamples(Pipeline):
@@ -229,4 +236,17 @@ def build(name: str, checkpoint: Path | None = None, **params: Any) -> Pipeline:
     if params.get("path") is None:
         raise ConfigError(f"config key 'pipeline.params.path': external pipeline {name!r} needs params.path "
                           "(a folder of images or an .npz), or params.source=diffusers with params.model")
+    if name in OPTION_NAMES:
+        label = samples_name(params["path"])
+        log.info("pipeline %s: rows are labelled %r, after its samples (set pipeline.name to choose a label)",
+                 name, label)
+        name = label
     return build_external_samples(name, **params)
+
+
+def samples_name(path: str | Path) -> str:
+    """What a reader calls a set of samples: the folder's name, or the npz file's stem
+    (`/x/ddpm_samples/` -> `ddpm_samples`, `/x/adm_256.npz` -> `adm_256`)."""
+    path = Path(path).expanduser()
+    path = path if path.name not in ("", ".", "..") else path.resolve()
+    return (path.stem if path.suffix.lower() == ".npz" else path.name) or str(path)
