@@ -141,7 +141,6 @@ def test_a_flipped_byte_is_refused_naming_the_file_and_the_expected_sha256(isola
         resolve("alexnet_imagenet_features", bad)
 
 
-@pytest.mark.slow   # a full run up to the Inception load
 def test_bench_run_refuses_a_corrupt_inception(tmp_path: Path) -> None:
     """As a user meets it: a one-byte-flipped copy of the FID Inception in $DIFFBENCH_WEIGHTS
     stops `python -m bench` before sampling, naming the file and the pinned sha256."""
